@@ -1,0 +1,270 @@
+//! Checks that every [`BaselineStore`] adapter must pass.
+//!
+//! The in-memory store, the node agent's embedded store and the DynamoDB
+//! store run the same checks, so the engine can rely on one contract. Each
+//! check takes a fresh, empty store and panics with a message on failure.
+//! Races between processes are not covered here: each adapter tests them
+//! against its own backend.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use tokenguard_schema::{Container, Owner, Pod, Process, Token, TokenKind, TokenRead};
+
+use crate::finding::Finding;
+use crate::scope::BaselineKey;
+use crate::store::{BaselineStore, FindingRecord, ValueSighting};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A fixed instant, `hours` after 2026-12-01T00:00:00Z.
+pub fn at(hours: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(hours)
+}
+
+/// A read by `exe` in Deployment `payments/api`, container `api`.
+pub fn sample_read(exe: &str, comm: &str) -> TokenRead {
+    TokenRead {
+        event_id: format!("boot-1:{exe}"),
+        observed_at: at(0),
+        cluster: "test".to_owned(),
+        token: Token {
+            kind: TokenKind::Irsa,
+            path: "/var/run/secrets/eks.amazonaws.com/serviceaccount/token".to_owned(),
+            host_path: false,
+        },
+        process: Process {
+            pid: 4242,
+            comm: comm.to_owned(),
+            exe: exe.to_owned(),
+            args: vec![comm.to_owned()],
+            args_truncated: false,
+            uid: 1000,
+            start_time: 12345,
+            parent: Some(Box::new(Process {
+                pid: 4200,
+                comm: "sh".to_owned(),
+                exe: "/bin/sh".to_owned(),
+                args: Vec::new(),
+                args_truncated: false,
+                uid: 1000,
+                start_time: 12000,
+                parent: None,
+            })),
+        },
+        container: Some(Container {
+            id: "c0ffee".repeat(10),
+            runtime: Some("containerd".to_owned()),
+            name: Some("api".to_owned()),
+            image: Some("registry.example/payments-api:1.0".to_owned()),
+        }),
+        pod: Some(Pod {
+            uid: "pod-uid-1".to_owned(),
+            namespace: Some("payments".to_owned()),
+            name: Some("api-6d8f7b9c5-x2k4q".to_owned()),
+            service_account: Some("payments-api".to_owned()),
+            owner: Some(Owner {
+                kind: "Deployment".to_owned(),
+                name: "api".to_owned(),
+            }),
+        }),
+        count: 1,
+    }
+}
+
+fn key(exe: &str) -> BaselineKey {
+    BaselineKey::of(&sample_read(exe, "x"))
+}
+
+/// A new value is `New` once, then `Known` with the creating event's id.
+pub async fn new_then_known(store: &impl BaselineStore) {
+    let key = key("/bin/a");
+    let first = store
+        .record_value(&key, "e1", 1, at(0), 28 * DAY, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(first, ValueSighting::New, "first sighting must be new");
+
+    let second = store
+        .record_value(&key, "e2", 1, at(0), 28 * DAY, HOUR)
+        .await
+        .unwrap();
+    let ValueSighting::Known(record) = second else {
+        panic!("second sighting must be known, got {second:?}");
+    };
+    assert_eq!(record.first_event_id, "e1");
+    assert_eq!(record.first_seen, at(0));
+    assert_eq!(record.sightings, 1);
+}
+
+/// A value older than `forget_after` is new again, even if still stored.
+pub async fn forgotten_value_is_new(store: &impl BaselineStore) {
+    let key = key("/bin/b");
+    store
+        .record_value(&key, "e1", 1, at(0), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let later = store
+        .record_value(&key, "e2", 1, at(49), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        later,
+        ValueSighting::New,
+        "a value unseen for 49h with forget_after 48h"
+    );
+}
+
+/// `last_seen` moves only after `refresh_interval`, and keeps a value alive.
+pub async fn refresh_keeps_value(store: &impl BaselineStore) {
+    let key = key("/bin/c");
+    store
+        .record_value(&key, "e1", 1, at(0), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    store
+        .record_value(&key, "e2", 1, at(40), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let sighting = store
+        .record_value(&key, "e3", 1, at(80), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let ValueSighting::Known(record) = sighting else {
+        panic!("a value refreshed at 40h must be known at 80h, got {sighting:?}");
+    };
+    assert_eq!(record.last_seen, at(40));
+    assert_eq!(record.last_event_id, "e2");
+
+    let quick = store
+        .record_value(&key, "e4", 1, at(80), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let ValueSighting::Known(record) = quick else {
+        panic!("expected known, got {quick:?}");
+    };
+    assert_eq!(
+        record.last_event_id, "e3",
+        "a sighting within the interval must not rewrite"
+    );
+}
+
+/// The scope keeps its first sighting and the event that created it.
+pub async fn scope_first_seen_kept(store: &impl BaselineStore) {
+    let first = store
+        .record_scope("s/1", "e1", at(0), 28 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(first.first_event_id, "e1");
+    assert_eq!(first.first_seen, at(0));
+    let second = store
+        .record_scope("s/1", "e2", at(5), 28 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(second.first_event_id, "e1");
+    assert_eq!(second.first_seen, at(0));
+}
+
+/// Value writes keep the scope alive; a scope with no sighting is forgotten.
+pub async fn scope_lives_with_values(store: &impl BaselineStore) {
+    let key = key("/bin/alive");
+    store
+        .record_scope(&key.scope.key, "e1", at(0), 2 * DAY)
+        .await
+        .unwrap();
+    store
+        .record_value(&key, "e1", 1, at(0), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    store
+        .record_value(&key, "e2", 1, at(40), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let alive = store
+        .record_scope(&key.scope.key, "e3", at(80), 2 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        alive.first_event_id, "e1",
+        "a value refreshed at 40h keeps the scope at 80h"
+    );
+    let reborn = store
+        .record_scope(&key.scope.key, "e4", at(200), 2 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        reborn.first_event_id, "e4",
+        "a scope unseen for 120h is created again"
+    );
+    assert_eq!(reborn.first_seen, at(200));
+}
+
+/// Known values exclude the new value and forgotten ones.
+pub async fn known_values_listed(store: &impl BaselineStore) {
+    let old = key("/bin/old");
+    let kept = key("/bin/kept");
+    let new = key("/bin/new");
+    store
+        .record_value(&old, "e1", 1, at(0), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    store
+        .record_value(&kept, "e2", 1, at(30), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    store
+        .record_value(&new, "e3", 1, at(60), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let known = store
+        .known_values(&new.scope.key, &new.value.key, at(60), 2 * DAY)
+        .await
+        .unwrap();
+    let keys: Vec<_> = known.iter().map(|(value, _)| value.as_str()).collect();
+    assert_eq!(keys, vec![kept.value.key.as_str()]);
+}
+
+/// Findings round-trip, are linked from their value, and count repeats.
+pub async fn findings_round_trip(store: &impl BaselineStore, finding: Finding) {
+    let key = BaselineKey {
+        scope: finding.scope.clone(),
+        value: finding.value.clone(),
+    };
+    store
+        .record_value(&key, &finding.event_id, 1, at(0), 28 * DAY, HOUR)
+        .await
+        .unwrap();
+    let record = FindingRecord {
+        finding: finding.clone(),
+        notified: false,
+    };
+    store.put_finding(&key, &record).await.unwrap();
+    let loaded = store.get_finding(&finding.finding_id).await.unwrap();
+    assert_eq!(loaded.as_ref(), Some(&record));
+
+    let sighting = store
+        .record_value(&key, "later", 1, at(0), 28 * DAY, HOUR)
+        .await
+        .unwrap();
+    let ValueSighting::Known(value) = sighting else {
+        panic!("expected known, got {sighting:?}");
+    };
+    assert_eq!(
+        value.finding_id.as_deref(),
+        Some(finding.finding_id.as_str())
+    );
+
+    store
+        .add_repeats(&finding.finding_id, 3, at(2))
+        .await
+        .unwrap();
+    let loaded = store
+        .get_finding(&finding.finding_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.finding.repeat_count, finding.repeat_count + 3);
+    assert_eq!(loaded.finding.last_seen, at(2));
+    assert!(store.get_finding("tg-missing").await.unwrap().is_none());
+}

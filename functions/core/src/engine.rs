@@ -1,0 +1,311 @@
+//! The new-value decision for each token read.
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+use tokenguard_schema::{Node, Outcome, OutcomeStatus, TokenRead};
+use tracing::{debug, info, warn};
+
+use crate::finding::{
+    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule, Severity,
+    finding_id, triage_steps,
+};
+use crate::policy::Policy;
+use crate::scope::{BaselineKey, ScopeKind};
+use crate::store::{BaselineStore, FindingRecord, Notifier, StoreError, ValueSighting};
+
+/// What the engine decided for one read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The value was known; nothing to report.
+    Known,
+    /// The value was new and its scope is still learning, so it was learned
+    /// silently.
+    Learned,
+    /// The reader is on the host allowlist.
+    Allowed,
+    /// The event was processed before; retrying it changed nothing.
+    Duplicate,
+    /// A finding was raised and notified.
+    Finding(Box<Finding>),
+}
+
+/// A read the engine could not finish.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("baseline store: {0}")]
+    Store(#[source] StoreError),
+    /// The finding is stored but its alert did not go out; a retry of the
+    /// same event sends it.
+    #[error("failed to send alert for finding {finding_id}")]
+    Notify {
+        finding_id: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        EngineError::Store(error)
+    }
+}
+
+/// Runs reads through the baseline and raises findings.
+#[derive(Debug)]
+pub struct Engine<S, N> {
+    store: S,
+    notifier: N,
+    policy: Policy,
+}
+
+impl<S: BaselineStore, N: Notifier> Engine<S, N> {
+    pub fn new(store: S, notifier: N, policy: Policy) -> Self {
+        Engine {
+            store,
+            notifier,
+            policy,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn notifier(&self) -> &N {
+        &self.notifier
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Decides one validated read observed by `node`, detected at `now`.
+    pub async fn process(
+        &self,
+        node: &Node,
+        read: &TokenRead,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, EngineError> {
+        let key = BaselineKey::of(read);
+        let event_time = read.observed_at;
+
+        if key.scope.kind == ScopeKind::Host && self.policy.host_readers.contains(&read.process.exe)
+        {
+            debug!(event_id = %read.event_id, exe = %read.process.exe, "host reader allowed");
+            return Ok(Decision::Allowed);
+        }
+
+        let sighting = self
+            .store
+            .record_value(
+                &key,
+                &read.event_id,
+                read.count,
+                event_time,
+                self.policy.forget_after,
+                self.policy.refresh_interval,
+            )
+            .await?;
+
+        match sighting {
+            ValueSighting::New => self.decide_new(node, read, &key, now).await,
+            // The event that created the value is being retried: finish what
+            // the first attempt may have left undone.
+            ValueSighting::Known(record) if record.first_event_id == read.event_id => {
+                match self.decide_new(node, read, &key, now).await? {
+                    Decision::Learned => Ok(Decision::Duplicate),
+                    decision => Ok(decision),
+                }
+            }
+            ValueSighting::Known(record) if record.last_event_id == read.event_id => {
+                Ok(Decision::Duplicate)
+            }
+            ValueSighting::Known(record) => {
+                if let Some(finding_id) = &record.finding_id {
+                    self.store
+                        .add_repeats(finding_id, read.count, event_time)
+                        .await?;
+                    debug!(event_id = %read.event_id, finding_id, "repeat folded into finding");
+                }
+                Ok(Decision::Known)
+            }
+        }
+    }
+
+    async fn decide_new(
+        &self,
+        node: &Node,
+        read: &TokenRead,
+        key: &BaselineKey,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, EngineError> {
+        let event_time = read.observed_at;
+        let scope = self
+            .store
+            .record_scope(
+                &key.scope.key,
+                &read.event_id,
+                event_time,
+                self.policy.forget_after,
+            )
+            .await?;
+        let learning_ends = scope.first_seen + self.policy.learning_period;
+
+        // Host reads skip learning: no process outside a pod needs the token
+        // unless it is on the allowlist.
+        let rule = match key.scope.kind {
+            ScopeKind::Host => Rule::HostProcessTokenRead,
+            _ if scope.first_event_id == read.event_id || event_time < learning_ends => {
+                debug!(
+                    event_id = %read.event_id, scope = %key.scope.key, value = %key.value.key,
+                    "new value learned"
+                );
+                return Ok(Decision::Learned);
+            }
+            _ => Rule::UnfamiliarProcessTokenRead,
+        };
+
+        let id = finding_id(key, &read.event_id);
+        if let Some(existing) = self.store.get_finding(&id).await? {
+            if existing.notified {
+                return Ok(Decision::Duplicate);
+            }
+            return self.notify(key, existing.finding).await;
+        }
+
+        let known = self
+            .store
+            .known_values(
+                &key.scope.key,
+                &key.value.key,
+                event_time,
+                self.policy.forget_after,
+            )
+            .await?;
+        let finding = Finding {
+            schema: FINDING_SCHEMA_VERSION,
+            finding_id: id,
+            rule,
+            title: rule.title().to_owned(),
+            severity: match rule {
+                Rule::UnfamiliarProcessTokenRead => Severity::Medium,
+                Rule::HostProcessTokenRead => Severity::High,
+            },
+            detected_at: now,
+            observed_at: event_time,
+            last_seen: event_time,
+            repeat_count: u64::from(read.count - 1),
+            cluster: read.cluster.clone(),
+            node: node.name.clone(),
+            event_id: read.event_id.clone(),
+            token: read.token.clone(),
+            process: read.process.clone(),
+            container: read.container.clone(),
+            pod: read.pod.clone(),
+            scope: key.scope.clone(),
+            value: key.value.clone(),
+            baseline: BaselineSummary {
+                scope_first_seen: scope.first_seen,
+                learning_ended_at: learning_ends,
+                learning_period_seconds: self.policy.learning_period.as_secs(),
+                forget_after_seconds: self.policy.forget_after.as_secs(),
+                known_values: known
+                    .into_iter()
+                    .map(|(value_key, record)| {
+                        let (exe, comm) =
+                            value_key.split_once('\u{1f}').unwrap_or((&value_key, ""));
+                        KnownValueSummary {
+                            exe: exe.to_owned(),
+                            comm: comm.to_owned(),
+                            first_seen: record.first_seen,
+                            last_seen: record.last_seen,
+                        }
+                    })
+                    .collect(),
+            },
+            mitre: Mitre::credentials_in_files(),
+            triage: triage_steps(rule, &read.process, read.pod.as_ref()),
+        };
+
+        let record = FindingRecord {
+            finding,
+            notified: false,
+        };
+        self.store.put_finding(key, &record).await?;
+        self.notify(key, record.finding).await
+    }
+
+    async fn notify(&self, key: &BaselineKey, finding: Finding) -> Result<Decision, EngineError> {
+        if let Err(source) = self.notifier.notify(&finding).await {
+            warn!(finding_id = %finding.finding_id, error = %source, "alert not sent");
+            return Err(EngineError::Notify {
+                finding_id: finding.finding_id,
+                source,
+            });
+        }
+        let record = FindingRecord {
+            finding,
+            notified: true,
+        };
+        self.store.put_finding(key, &record).await?;
+        info!(
+            finding_id = %record.finding.finding_id, severity = record.finding.severity.as_str(),
+            scope = %key.scope.key, exe = %key.value.exe, "finding raised"
+        );
+        Ok(Decision::Finding(Box::new(record.finding)))
+    }
+
+    /// Decides every event of a batch, one outcome each.
+    ///
+    /// An event that fails validation or processing gets its own outcome and
+    /// never stops the rest.
+    pub async fn process_batch(
+        &self,
+        node: &Node,
+        events: &[Result<TokenRead, (String, String)>],
+        now: DateTime<Utc>,
+    ) -> (Vec<Outcome>, Vec<Finding>) {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut findings = Vec::new();
+        for event in events {
+            let read = match event {
+                Ok(read) => read,
+                Err((event_id, reason)) => {
+                    outcomes.push(Outcome::with_status(
+                        event_id,
+                        OutcomeStatus::Invalid,
+                        Some(reason.clone()),
+                    ));
+                    continue;
+                }
+            };
+            let outcome = match self.process(node, read, now).await {
+                Ok(Decision::Finding(finding)) => {
+                    let outcome =
+                        Outcome::accepted(&read.event_id, Some(finding.finding_id.clone()));
+                    findings.push(*finding);
+                    outcome
+                }
+                Ok(Decision::Duplicate) => {
+                    Outcome::with_status(&read.event_id, OutcomeStatus::Duplicate, None)
+                }
+                Ok(Decision::Known | Decision::Learned | Decision::Allowed) => {
+                    Outcome::accepted(&read.event_id, None)
+                }
+                Err(error) => {
+                    warn!(event_id = %read.event_id, error = %error, "event not processed");
+                    Outcome::with_status(
+                        &read.event_id,
+                        OutcomeStatus::Failed,
+                        Some(error.to_string()),
+                    )
+                }
+            };
+            outcomes.push(outcome);
+        }
+        (outcomes, findings)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,194 @@
+//! The finding document: the one JSON shape that goes to SNS, to the embedded
+//! mode's output and to the findings table.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokenguard_schema::{Container, Pod, Process, Token};
+
+use crate::scope::{BaselineKey, Scope, Value};
+
+/// Version of the finding document, carried as `schema`.
+pub const FINDING_SCHEMA_VERSION: u32 = 1;
+
+/// Detection rule that raised a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// A process the workload never used before read its token.
+    UnfamiliarProcessTokenRead,
+    /// A process outside every pod read the kubelet's copy of a pod's token.
+    HostProcessTokenRead,
+}
+
+impl Rule {
+    pub fn title(self) -> &'static str {
+        match self {
+            Rule::UnfamiliarProcessTokenRead => {
+                "Unfamiliar process read an AWS service account token"
+            }
+            Rule::HostProcessTokenRead => "Host process read a pod's AWS service account token",
+        }
+    }
+}
+
+/// Finding severity, ordered from least to most urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A MITRE ATT&CK tactic or technique.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MitreRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// MITRE ATT&CK classification of a finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mitre {
+    pub tactic: MitreRef,
+    pub technique: MitreRef,
+}
+
+impl Mitre {
+    /// Credential Access: Unsecured Credentials, Credentials In Files.
+    pub fn credentials_in_files() -> Mitre {
+        Mitre {
+            tactic: MitreRef {
+                id: "TA0006".to_owned(),
+                name: "Credential Access".to_owned(),
+            },
+            technique: MitreRef {
+                id: "T1552.001".to_owned(),
+                name: "Unsecured Credentials: Credentials In Files".to_owned(),
+            },
+        }
+    }
+}
+
+/// One value the baseline already held for the scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownValueSummary {
+    pub exe: String,
+    pub comm: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// What the baseline knew when the finding was raised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineSummary {
+    pub scope_first_seen: DateTime<Utc>,
+    /// End of the scope's learning period.
+    pub learning_ended_at: DateTime<Utc>,
+    pub learning_period_seconds: u64,
+    pub forget_after_seconds: u64,
+    /// Values of the scope that were known, without the new one.
+    pub known_values: Vec<KnownValueSummary>,
+}
+
+/// A detection, ready to alert on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub schema: u32,
+    /// Derived from the scope, the value and the event that raised it, so a
+    /// retried event yields the same id.
+    pub finding_id: String,
+    pub rule: Rule,
+    pub title: String,
+    pub severity: Severity,
+    pub detected_at: DateTime<Utc>,
+    /// When the node saw the read.
+    pub observed_at: DateTime<Utc>,
+    /// Latest repeated read folded into this finding.
+    pub last_seen: DateTime<Utc>,
+    /// Reads by the same value after the one that raised the finding.
+    pub repeat_count: u64,
+    pub cluster: String,
+    pub node: String,
+    pub event_id: String,
+    pub token: Token,
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    pub scope: Scope,
+    pub value: Value,
+    pub baseline: BaselineSummary,
+    pub mitre: Mitre,
+    pub triage: Vec<String>,
+}
+
+/// Derives the id of the finding that `event_id` raises for `key`.
+pub fn finding_id(key: &BaselineKey, event_id: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [&key.scope.key, &key.value.key, event_id] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    format!("tg-{}", hex::encode(&digest[..16]))
+}
+
+/// Triage steps for a finding, most useful first.
+pub(crate) fn triage_steps(rule: Rule, process: &Process, pod: Option<&Pod>) -> Vec<String> {
+    let mut steps = Vec::new();
+    let target = match pod.and_then(|p| p.namespace.as_ref().zip(p.name.as_ref())) {
+        Some((namespace, name)) => format!("-n {namespace} {name}"),
+        None => "<namespace>/<pod>".to_owned(),
+    };
+    match rule {
+        Rule::UnfamiliarProcessTokenRead => {
+            steps.push(format!(
+                "Check whether {} (pid {}) belongs to the workload: compare it with the \
+                 container image and recent deploys (kubectl describe pod {target}).",
+                process.exe, process.pid
+            ));
+            steps.push(format!(
+                "Look for an exec session or a new binary: kubectl get events {target}, and the \
+                 parent process {}.",
+                process
+                    .parent
+                    .as_ref()
+                    .map(|p| format!("{} (pid {})", p.exe, p.pid))
+                    .unwrap_or_else(|| "(unknown)".to_owned())
+            ));
+        }
+        Rule::HostProcessTokenRead => {
+            steps.push(format!(
+                "A process outside every pod read the token: treat the node as compromised until \
+                 {} (pid {}) is explained.",
+                process.exe, process.pid
+            ));
+        }
+    }
+    steps.push(
+        "Search CloudTrail for AssumeRoleWithWebIdentity or AssumeRoleForPodIdentity by this \
+         service account since the read, and their source addresses."
+            .to_owned(),
+    );
+    steps.push(
+        "If the read is not explained, revoke the role's active sessions (IAM: revoke older \
+         sessions) and delete the pod so it gets a fresh token."
+            .to_owned(),
+    );
+    steps
+}

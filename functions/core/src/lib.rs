@@ -1,0 +1,27 @@
+//! Detection core of tokenguard.
+//!
+//! This crate decides whether a token read is a finding. It holds no AWS or
+//! kernel types: the baseline lives behind [`BaselineStore`] and alerts go
+//! out through [`Notifier`], with DynamoDB and SNS adapters in the detector
+//! Lambda and an embedded store in the node agent.
+
+pub mod conformance;
+mod engine;
+mod finding;
+mod policy;
+mod render;
+mod scope;
+mod store;
+
+pub use engine::{Decision, Engine, EngineError};
+pub use finding::{
+    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, MitreRef, Rule,
+    Severity, finding_id,
+};
+pub use policy::{Policy, PolicyError, parse_duration};
+pub use render::{AlertMessage, render_alert};
+pub use scope::{BaselineKey, Scope, ScopeKind, Value};
+pub use store::{
+    BaselineStore, FindingRecord, MemoryStore, Notifier, ScopeRecord, StoreError, ValueRecord,
+    ValueSighting, is_forgotten, needs_refresh,
+};
