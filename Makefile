@@ -1,0 +1,34 @@
+# tokenguard: build, demo and test entry points. Run as root on Debian:
+# the agent loads eBPF programs and the tests drive the real kernel.
+
+CARGO ?= cargo
+AGENT := target/release/tokenguard-agent
+C_SOURCES := $(wildcard node-agent-ebpf/*.c node-agent-ebpf/*.h)
+
+.PHONY: all setup build demo test lint fmt clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p tokenguard-agent
+
+demo: build
+	scripts/demo.sh $(AGENT)
+
+lint: setup
+	$(CARGO) fmt --all --check
+	clang-format --dry-run --Werror $(C_SOURCES)
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test --workspace --no-fail-fast
+
+fmt:
+	$(CARGO) fmt --all
+	clang-format -i $(C_SOURCES)
+
+clean:
+	$(CARGO) clean

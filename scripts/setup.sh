@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building and testing tokenguard needs on a Debian machine,
+# skipping what is already there: Debian packages for the eBPF build, and a
+# pinned Python virtual environment with moto and cargo-lambda.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${TOKENGUARD_VENV:-$root/.venv}"
+
+# clang and libbpf-dev build the kernel program, bpftool inspects it,
+# clang-format checks its style, python3-venv makes the test environment.
+packages=(clang llvm libbpf-dev bpftool clang-format linux-libc-dev python3-venv)
+
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$package")
+    fi
+done
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: missing Debian packages ${missing[*]}: run as root or install them" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# The venv is rebuilt when the pins change, so CI and developers test with
+# the same moto and cargo-lambda.
+stamp="$venv/.requirements"
+if [[ ! -x "$venv/bin/moto_server" ]] || ! cmp -s "$root/requirements-dev.txt" "$stamp"; then
+    echo "setup: creating the Python environment in $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/requirements-dev.txt" >&2
+    cp "$root/requirements-dev.txt" "$stamp"
+fi
+
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        rustup component add "$component" >&2
+    fi
+done
