@@ -200,6 +200,33 @@ pub async fn scope_lives_with_values(store: &impl BaselineStore) {
     assert_eq!(reborn.first_seen, at(200));
 }
 
+/// A value write does not revive a forgotten scope, so the scope learns again.
+pub async fn forgotten_scope_not_revived(store: &impl BaselineStore) {
+    let key = key("/bin/revived");
+    store
+        .record_scope(&key.scope.key, "e1", at(0), 2 * DAY)
+        .await
+        .unwrap();
+    store
+        .record_value(&key, "e1", 1, at(0), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    let back = store
+        .record_value(&key, "e2", 1, at(100), 2 * DAY, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(back, ValueSighting::New, "a value unseen for 100h is new");
+    let scope = store
+        .record_scope(&key.scope.key, "e2", at(100), 2 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        scope.first_event_id, "e2",
+        "a scope unseen for 100h is created again, even after a value write"
+    );
+    assert_eq!(scope.first_seen, at(100));
+}
+
 /// Known values exclude the new value and forgotten ones.
 pub async fn known_values_listed(store: &impl BaselineStore) {
     let old = key("/bin/old");
@@ -259,6 +286,7 @@ pub async fn findings_round_trip(store: &impl BaselineStore, finding: Finding) {
         .add_repeats(&finding.finding_id, 3, at(2))
         .await
         .unwrap();
+    store.mark_notified(&finding.finding_id).await.unwrap();
     let loaded = store
         .get_finding(&finding.finding_id)
         .await
@@ -266,5 +294,9 @@ pub async fn findings_round_trip(store: &impl BaselineStore, finding: Finding) {
         .unwrap();
     assert_eq!(loaded.finding.repeat_count, finding.repeat_count + 3);
     assert_eq!(loaded.finding.last_seen, at(2));
+    assert!(
+        loaded.notified,
+        "mark_notified must set notified and keep the repeats"
+    );
     assert!(store.get_finding("tg-missing").await.unwrap().is_none());
 }

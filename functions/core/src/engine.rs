@@ -243,16 +243,12 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
                 source,
             });
         }
-        let record = FindingRecord {
-            finding,
-            notified: true,
-        };
-        self.store.put_finding(key, &record).await?;
+        self.store.mark_notified(&finding.finding_id).await?;
         info!(
-            finding_id = %record.finding.finding_id, severity = record.finding.severity.as_str(),
+            finding_id = %finding.finding_id, severity = finding.severity.as_str(),
             scope = %key.scope.key, exe = %key.value.exe, "finding raised"
         );
-        Ok(Decision::Finding(Box::new(record.finding)))
+        Ok(Decision::Finding(Box::new(finding)))
     }
 
     /// Decides every event of a batch, one outcome each.

@@ -8,7 +8,7 @@ use crate::finding::{Finding, Rule};
 /// part of their own and `email` to email subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertMessage {
-    /// Email subject, at most 100 characters as SNS requires.
+    /// Email subject, under 100 characters as SNS requires.
     pub subject: String,
     /// One line for SMS, queues and other subscribers.
     pub default: String,
@@ -18,7 +18,7 @@ pub struct AlertMessage {
     pub attributes: Vec<(&'static str, String)>,
 }
 
-const SUBJECT_MAX: usize = 100;
+const SUBJECT_MAX: usize = 99;
 
 /// Renders the alert for a finding.
 pub fn render_alert(finding: &Finding) -> AlertMessage {

@@ -126,6 +126,13 @@ pub trait BaselineStore: Send + Sync {
         finding_id: &str,
     ) -> impl Future<Output = Result<Option<FindingRecord>, StoreError>> + Send;
 
+    /// Records that the notifier accepted the alert for a finding, leaving
+    /// the rest of the stored finding as it is.
+    fn mark_notified(
+        &self,
+        finding_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Adds `count` repeated reads to a finding.
     fn add_repeats(
         &self,
@@ -227,7 +234,11 @@ impl BaselineStore for MemoryStore {
                 ValueSighting::New
             }
         };
-        if let Some(scope) = state.scopes.get_mut(&key.scope.key) {
+        // A forgotten scope stays forgotten, so that `record_scope` creates it
+        // anew and the scope learns again.
+        if let Some(scope) = state.scopes.get_mut(&key.scope.key)
+            && !is_forgotten(scope.last_seen, now, forget_after)
+        {
             scope.last_seen = scope.last_seen.max(now);
         }
         Ok(sighting)
@@ -299,6 +310,13 @@ impl BaselineStore for MemoryStore {
 
     async fn get_finding(&self, finding_id: &str) -> Result<Option<FindingRecord>, StoreError> {
         Ok(self.state().findings.get(finding_id).cloned())
+    }
+
+    async fn mark_notified(&self, finding_id: &str) -> Result<(), StoreError> {
+        if let Some(record) = self.state().findings.get_mut(finding_id) {
+            record.notified = true;
+        }
+        Ok(())
     }
 
     async fn add_repeats(

@@ -263,6 +263,7 @@ async fn memory_store_conformance() {
     conformance::refresh_keeps_value(&MemoryStore::new()).await;
     conformance::scope_first_seen_kept(&MemoryStore::new()).await;
     conformance::scope_lives_with_values(&MemoryStore::new()).await;
+    conformance::forgotten_scope_not_revived(&MemoryStore::new()).await;
     conformance::known_values_listed(&MemoryStore::new()).await;
     conformance::findings_round_trip(&MemoryStore::new(), sample_finding().await).await;
 }

@@ -1,0 +1,21 @@
+//! Detector Lambda of tokenguard.
+//!
+//! Node agents POST batches of token reads to the function's URL. The
+//! [`handler`] runs each batch through [`tokenguard_core::Engine`], backed by
+//! the DynamoDB baseline in [`dynamodb`] and the SNS notifier in [`sns`], and
+//! answers with one outcome per event. [`config`] reads the settings from the
+//! environment once at start-up.
+
+mod aws_error;
+pub mod config;
+pub mod dynamodb;
+pub mod handler;
+pub mod sns;
+
+pub use config::{Config, ConfigError};
+pub use dynamodb::{DynamoStore, create_tables};
+pub use handler::{Reply, handle_batch, handle_request};
+pub use sns::SnsNotifier;
+
+/// The engine as the Lambda runs it.
+pub type DetectorEngine = tokenguard_core::Engine<DynamoStore, SnsNotifier>;

@@ -1,0 +1,317 @@
+//! [`Notifier`] that publishes alerts to an SNS topic.
+//!
+//! Each alert is one `Publish` with `MessageStructure=json`, so email
+//! subscribers get the readable report and every other protocol gets the
+//! one-line `default` text. Message attributes `severity`, `cluster`,
+//! `namespace` and `rule` let subscriptions filter alerts.
+
+use aws_sdk_sns::Client;
+use aws_sdk_sns::types::MessageAttributeValue;
+use thiserror::Error;
+use tokenguard_core::{AlertMessage, Finding, Notifier, StoreError, render_alert};
+use tracing::debug;
+
+use crate::aws_error::{Resource, classify};
+
+/// Maximum size of an SNS message, message attributes included: 256 KiB.
+pub const MAX_PUBLISH_BYTES: usize = 262_144;
+
+/// SNS requires subjects shorter than 100 characters.
+pub const MAX_SUBJECT_CHARS: usize = 99;
+
+const TRUNCATION_NOTE: &str =
+    "\n[report truncated to fit the SNS size limit: the full finding is in the findings table]\n";
+
+/// A `Publish` request ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub subject: String,
+    /// JSON object with a `default` and an `email` member.
+    pub message: String,
+    /// String message attributes, without empty values, which SNS rejects.
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+/// A reason an alert cannot become a valid SNS message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PublicationError {
+    /// The JSON message is not an object with a string `default` member, so SNS
+    /// would reject it.
+    #[error("invalid SNS message {message:?}: expected a JSON object with a string \"default\"")]
+    MissingDefault { message: String },
+    /// The message does not parse as JSON.
+    #[error("invalid SNS message: not JSON ({0}); fix the alert rendering")]
+    InvalidJson(String),
+    /// The message stays over the size limit even with the email report cut.
+    #[error(
+        "SNS message of {bytes} bytes exceeds the {MAX_PUBLISH_BYTES}-byte limit: \
+         shorten the default text"
+    )]
+    TooLarge { bytes: usize },
+}
+
+/// Builds the `Publish` request for an alert and checks it as SNS would.
+pub fn publication(alert: &AlertMessage) -> Result<Publication, PublicationError> {
+    let attributes: Vec<_> = alert
+        .attributes
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .cloned()
+        .collect();
+    let subject = sanitize_subject(&alert.subject);
+    let overhead = subject.len()
+        + attributes
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + "String".len())
+            .sum::<usize>();
+    let budget = MAX_PUBLISH_BYTES.saturating_sub(overhead);
+    let message = json_message(&alert.default, &alert.email, budget)?;
+    check_message(&message)?;
+    Ok(Publication {
+        subject,
+        message,
+        attributes,
+    })
+}
+
+/// Serializes the per-protocol message, cutting the email report until the
+/// whole message fits in `budget` bytes.
+fn json_message(default: &str, email: &str, budget: usize) -> Result<String, PublicationError> {
+    let encode =
+        |email: &str| serde_json::json!({ "default": default, "email": email }).to_string();
+    let mut message = encode(email);
+    let mut kept_bytes = email.len();
+    while message.len() > budget {
+        // JSON escaping never makes a character shorter, so cutting the excess
+        // from the raw text removes at least as many encoded bytes.
+        let excess = message.len() - budget + TRUNCATION_NOTE.len();
+        if excess >= kept_bytes {
+            return Err(PublicationError::TooLarge {
+                bytes: message.len() + (MAX_PUBLISH_BYTES - budget),
+            });
+        }
+        kept_bytes -= excess;
+        while !email.is_char_boundary(kept_bytes) {
+            kept_bytes -= 1;
+        }
+        message = encode(&format!("{}{TRUNCATION_NOTE}", &email[..kept_bytes]));
+    }
+    Ok(message)
+}
+
+/// Checks what SNS checks for `MessageStructure=json`: a JSON object whose
+/// `default` member is a string.
+pub fn check_message(message: &str) -> Result<(), PublicationError> {
+    let value: serde_json::Value = serde_json::from_str(message)
+        .map_err(|error| PublicationError::InvalidJson(error.to_string()))?;
+    match value.get("default") {
+        Some(serde_json::Value::String(_)) => Ok(()),
+        _ => Err(PublicationError::MissingDefault {
+            message: message.chars().take(80).collect(),
+        }),
+    }
+}
+
+/// Makes a subject SNS accepts: printable ASCII, no line breaks or control
+/// characters, fewer than 100 characters.
+///
+/// An ellipsis becomes `...`, whitespace runs become one space and any other
+/// character outside printable ASCII becomes `?`.
+pub fn sanitize_subject(subject: &str) -> String {
+    let mut ascii = String::with_capacity(subject.len());
+    for c in subject.chars() {
+        match c {
+            '…' => ascii.push_str("..."),
+            c if c.is_whitespace() || c.is_control() => {
+                if !ascii.ends_with(' ') {
+                    ascii.push(' ');
+                }
+            }
+            c if c.is_ascii_graphic() => ascii.push(c),
+            _ => ascii.push('?'),
+        }
+    }
+    let trimmed = ascii.trim();
+    if trimmed.is_empty() {
+        return "tokenguard alert".to_owned();
+    }
+    if trimmed.len() <= MAX_SUBJECT_CHARS {
+        return trimmed.to_owned();
+    }
+    // Every character is ASCII here, so byte offsets are character offsets.
+    format!("{}...", trimmed[..MAX_SUBJECT_CHARS - 3].trim_end())
+}
+
+/// Publishes alerts to one SNS topic.
+#[derive(Debug, Clone)]
+pub struct SnsNotifier {
+    client: Client,
+    topic_arn: String,
+}
+
+impl SnsNotifier {
+    pub fn new(client: Client, topic_arn: impl Into<String>) -> SnsNotifier {
+        SnsNotifier {
+            client,
+            topic_arn: topic_arn.into(),
+        }
+    }
+
+    pub fn topic_arn(&self) -> &str {
+        &self.topic_arn
+    }
+}
+
+impl Notifier for SnsNotifier {
+    async fn notify(&self, finding: &Finding) -> Result<(), StoreError> {
+        let alert = render_alert(finding);
+        let publication = publication(&alert).map_err(|error| StoreError::Permanent {
+            operation: "SNS Publish",
+            message: format!("finding {}: {error}", finding.finding_id),
+        })?;
+
+        let mut request = self
+            .client
+            .publish()
+            .topic_arn(&self.topic_arn)
+            .message_structure("json")
+            .subject(&publication.subject)
+            .message(&publication.message);
+        for (name, value) in &publication.attributes {
+            let attribute = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|error| StoreError::Permanent {
+                    operation: "SNS Publish",
+                    message: format!("invalid message attribute {name}: {error}"),
+                })?;
+            request = request.message_attributes(*name, attribute);
+        }
+        let resource = Resource {
+            kind: "SNS topic",
+            name: &self.topic_arn,
+            setting: "TOKENGUARD_TOPIC_ARN",
+        };
+        let output = request
+            .send()
+            .await
+            .map_err(|error| classify("SNS Publish", resource, &error))?;
+        debug!(
+            finding_id = %finding.finding_id,
+            message_id = output.message_id().unwrap_or_default(),
+            "alert published"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(subject: &str, default: &str, email: &str) -> AlertMessage {
+        AlertMessage {
+            subject: subject.to_owned(),
+            default: default.to_owned(),
+            email: email.to_owned(),
+            attributes: vec![
+                ("severity", "medium".to_owned()),
+                ("cluster", "prod-eu".to_owned()),
+                ("rule", "unfamiliar_process_token_read".to_owned()),
+                ("namespace", String::new()),
+            ],
+        }
+    }
+
+    #[test]
+    fn message_is_json_with_default() {
+        let built = publication(&alert("s", "line \"quoted\"\n", "report\n\tindented")).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&built.message).unwrap();
+        assert_eq!(value["default"], "line \"quoted\"\n");
+        assert_eq!(value["email"], "report\n\tindented");
+        assert_eq!(value.as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn message_check_rejects_bad_json() {
+        assert!(matches!(
+            check_message("{\"default\": "),
+            Err(PublicationError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            check_message("{\"email\": \"x\"}"),
+            Err(PublicationError::MissingDefault { .. })
+        ));
+        assert!(matches!(
+            check_message("{\"default\": 3}"),
+            Err(PublicationError::MissingDefault { .. })
+        ));
+        assert!(matches!(
+            check_message("[\"default\"]"),
+            Err(PublicationError::MissingDefault { .. })
+        ));
+        assert_eq!(check_message("{\"default\": \"\"}"), Ok(()));
+    }
+
+    #[test]
+    fn empty_attributes_dropped() {
+        let built = publication(&alert("s", "d", "e")).unwrap();
+        let names: Vec<_> = built.attributes.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, vec!["severity", "cluster", "rule"]);
+    }
+
+    #[test]
+    fn subject_sanitized() {
+        assert_eq!(
+            sanitize_subject("[tokenguard HIGH] curl\nread\r\n the  token"),
+            "[tokenguard HIGH] curl read the token"
+        );
+        assert_eq!(sanitize_subject("pod ns/naïve…"), "pod ns/na?ve...");
+        assert_eq!(sanitize_subject("\u{7}\t "), "tokenguard alert");
+        assert_eq!(sanitize_subject(" leading"), "leading");
+    }
+
+    #[test]
+    fn long_subject_under_limit() {
+        let long = format!("[tokenguard MEDIUM] {}", "x".repeat(200));
+        let subject = sanitize_subject(&long);
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
+        assert!(subject.ends_with("..."));
+        assert!(subject.starts_with("[tokenguard MEDIUM] xxx"));
+
+        // render_alert cuts at 100 characters with an ellipsis, which SNS rejects.
+        let rendered = format!("{}…", "y".repeat(99));
+        let subject = sanitize_subject(&rendered);
+        assert!(subject.len() < 100, "{} characters", subject.len());
+        assert!(subject.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+    }
+
+    #[test]
+    fn oversized_email_truncated() {
+        let email = "é".repeat(MAX_PUBLISH_BYTES);
+        let built = publication(&alert("s", "one line", &email)).unwrap();
+        let overhead: usize = built.subject.len()
+            + built
+                .attributes
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 6)
+                .sum::<usize>();
+        assert!(built.message.len() + overhead <= MAX_PUBLISH_BYTES);
+        let value: serde_json::Value = serde_json::from_str(&built.message).unwrap();
+        assert_eq!(value["default"], "one line");
+        let cut = value["email"].as_str().unwrap();
+        assert!(cut.ends_with(TRUNCATION_NOTE));
+        assert!(cut.starts_with("éé"));
+    }
+
+    #[test]
+    fn oversized_default_rejected() {
+        let default = "d".repeat(MAX_PUBLISH_BYTES);
+        let error = publication(&alert("s", &default, "e")).unwrap_err();
+        assert!(
+            matches!(error, PublicationError::TooLarge { .. }),
+            "{error}"
+        );
+    }
+}
