@@ -1,0 +1,72 @@
+//! `tokenguard-agent`: reports reads of AWS web-identity tokens on this node.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use clap::Parser;
+use futures::{Stream, StreamExt};
+use tokenguard_agent::kernel::{kernel_source, load_probe};
+use tokenguard_agent::source::replay_file;
+use tokenguard_agent::{Agent, Cli, OpenRecord};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let mut lost_counter = None;
+
+    let replay = cli.replay_opens.clone();
+    let mut config = cli.into_config()?;
+
+    let source: Pin<Box<dyn Stream<Item = OpenRecord> + Send>> = match replay {
+        Some(path) => Box::pin(replay_file(&path)?),
+        None => {
+            let probe = load_probe().context("failed to attach the kernel probe")?;
+            info!(hook = %probe.hook(), tracepoints = ?probe.tracepoints(), "kernel probe attached");
+            config.hook = Some(format!("{}/syscalls", probe.hook()));
+            let (stream, lost) = kernel_source(probe);
+            lost_counter = Some(lost);
+            Box::pin(stream)
+        }
+    };
+
+    let shutdown = async {
+        if let Err(error) = shutdown_signal().await {
+            tracing::error!(error = %error, "failed to listen for shutdown signals");
+            std::future::pending::<()>().await;
+        }
+    };
+    let agent = Agent::new(config);
+    if let Some(lost) = lost_counter {
+        agent
+            .metrics()
+            .set_kernel_lost_source(Box::new(move || lost.load(Ordering::Relaxed)));
+    }
+    agent
+        .run(source.take_until(Box::pin(shutdown)))
+        .await
+        .context("agent failed")
+}
+
+/// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}

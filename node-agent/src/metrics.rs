@@ -1,0 +1,231 @@
+//! Counters of the agent, served in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use thiserror::Error;
+use tracing::info;
+
+/// A callback that returns the current value of a counter kept elsewhere,
+/// such as the kernel program's count of events lost to a full ring buffer.
+pub type CounterSource = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// A failure to serve metrics.
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    /// The listen address could not be bound.
+    #[error("failed to listen for metrics on {addr}: {source}; pick a free --metrics-addr")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters shared by the pipeline and the sinks. All are totals since start.
+#[derive(Default)]
+pub struct Metrics {
+    /// Records received from the event source.
+    pub opens_seen: AtomicU64,
+    /// Records whose path is not an AWS token file.
+    pub opens_ignored: AtomicU64,
+    /// Token read events built.
+    pub events_built: AtomicU64,
+    /// Events folded into an identical queued event.
+    pub events_coalesced: AtomicU64,
+    /// Events the detector accepted or already had.
+    pub events_posted: AtomicU64,
+    /// Events the detector rejected as invalid.
+    pub events_invalid: AtomicU64,
+    /// Events dropped because the send queue was full.
+    pub events_dropped_queue_full: AtomicU64,
+    /// Events dropped after a 4xx response or after the last retry.
+    pub events_dropped_undeliverable: AtomicU64,
+    /// POST requests sent, retries included.
+    pub posts: AtomicU64,
+    /// POST requests that failed with a network error, 429 or 5xx.
+    pub post_failures: AtomicU64,
+    /// Findings raised by the embedded engine.
+    pub findings: AtomicU64,
+    /// Events the embedded engine could not process.
+    pub engine_errors: AtomicU64,
+    kernel_lost: RwLock<Option<CounterSource>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("events_built", &self.events_built)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Sets where the count of events lost in the kernel comes from; it is
+    /// read at each scrape.
+    pub fn set_kernel_lost_source(&self, source: CounterSource) {
+        *self.kernel_lost.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// Events lost in the kernel, or 0 without a source.
+    pub fn kernel_lost(&self) -> u64 {
+        let source = self.kernel_lost.read().unwrap_or_else(|p| p.into_inner());
+        source.as_ref().map_or(0, |read| read())
+    }
+
+    /// Renders every counter in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "tokenguard_opens_seen_total",
+                "Token open records received from the event source.",
+                Self::get(&self.opens_seen),
+            ),
+            (
+                "tokenguard_opens_ignored_total",
+                "Open records whose path is not an AWS token file.",
+                Self::get(&self.opens_ignored),
+            ),
+            (
+                "tokenguard_events_total",
+                "Token read events built.",
+                Self::get(&self.events_built),
+            ),
+            (
+                "tokenguard_events_coalesced_total",
+                "Events folded into an identical queued event.",
+                Self::get(&self.events_coalesced),
+            ),
+            (
+                "tokenguard_events_posted_total",
+                "Events the detector accepted or already had.",
+                Self::get(&self.events_posted),
+            ),
+            (
+                "tokenguard_events_invalid_total",
+                "Events the detector rejected as invalid.",
+                Self::get(&self.events_invalid),
+            ),
+            (
+                "tokenguard_events_dropped_queue_full_total",
+                "Events dropped because the send queue was full.",
+                Self::get(&self.events_dropped_queue_full),
+            ),
+            (
+                "tokenguard_events_dropped_undeliverable_total",
+                "Events dropped after a rejected request or the last retry.",
+                Self::get(&self.events_dropped_undeliverable),
+            ),
+            (
+                "tokenguard_posts_total",
+                "POST requests sent to the detector, retries included.",
+                Self::get(&self.posts),
+            ),
+            (
+                "tokenguard_post_failures_total",
+                "POST requests that failed with a network error, 429 or 5xx.",
+                Self::get(&self.post_failures),
+            ),
+            (
+                "tokenguard_findings_total",
+                "Findings raised by the embedded engine.",
+                Self::get(&self.findings),
+            ),
+            (
+                "tokenguard_engine_errors_total",
+                "Events the embedded engine could not process.",
+                Self::get(&self.engine_errors),
+            ),
+            (
+                "tokenguard_kernel_events_lost_total",
+                "Events the kernel program lost because its ring buffer was full.",
+                self.kernel_lost(),
+            ),
+        ];
+        let mut text = String::new();
+        for (name, help, value) in counters {
+            let _ = writeln!(text, "# HELP {name} {help}");
+            let _ = writeln!(text, "# TYPE {name} counter");
+            let _ = writeln!(text, "{name} {value}");
+        }
+        text
+    }
+}
+
+/// Binds `addr` and serves `GET /metrics` in the background.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    info!(addr = %bound, "serving metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(error = %error, "metrics server stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_help_type_and_value() {
+        let metrics = Metrics::default();
+        Metrics::add(&metrics.events_built, 3);
+        metrics.set_kernel_lost_source(Box::new(|| 7));
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE tokenguard_events_total counter\ntokenguard_events_total 3\n")
+        );
+        assert!(text.contains("tokenguard_kernel_events_lost_total 7\n"));
+    }
+
+    #[tokio::test]
+    async fn served_over_http() {
+        let metrics = Arc::new(Metrics::default());
+        Metrics::add(&metrics.posts, 2);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let _server = serve(metrics, addr).await.unwrap();
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("tokenguard_posts_total 2"));
+    }
+}

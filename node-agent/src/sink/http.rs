@@ -1,0 +1,464 @@
+//! Sends events to the detector's Lambda Function URL as signed `Batch` POSTs.
+//!
+//! There is no batching delay: a read is posted as soon as it is seen. While
+//! a POST is in flight or waiting to retry, new reads queue up, identical
+//! ones fold into one event, and they go out together in the next POST.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+use reqwest::{StatusCode, Url};
+use tokenguard_schema::{
+    Batch, BatchResponse, MAX_BATCH_EVENTS, Node, OutcomeStatus, SCHEMA_VERSION, TokenRead,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, warn};
+
+use super::queue::{CoalescingQueue, Pushed};
+use super::sigv4::Signer;
+use crate::metrics::Metrics;
+
+/// Maximum number of bytes of a rejected response body that are logged.
+const MAX_LOGGED_BODY: usize = 1024;
+
+/// Settings of the [`HttpSink`].
+#[derive(Debug, Clone)]
+pub struct HttpSinkConfig {
+    pub url: Url,
+    /// Region the Function URL is in, used in the signature.
+    pub region: String,
+    pub node: Node,
+    pub credentials: SharedCredentialsProvider,
+    /// Maximum number of distinct queued events; further ones are dropped
+    /// and counted.
+    pub max_queue: usize,
+    /// Maximum events per POST, at most [`MAX_BATCH_EVENTS`].
+    pub max_batch: usize,
+    /// Attempts per batch (or per failed event) before it is dropped.
+    pub max_attempts: u32,
+    /// Delay before the first retry; it doubles per attempt up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Timeout of one POST.
+    pub request_timeout: Duration,
+    /// How long [`HttpSink::close`] waits for queued events to go out.
+    pub shutdown_timeout: Duration,
+}
+
+impl HttpSinkConfig {
+    /// Settings with the default limits: a queue of 10,000 events, batches of
+    /// [`MAX_BATCH_EVENTS`], 12 attempts with backoff from 0.5 s to 60 s
+    /// (about 6 minutes in all), 30 s per request, 10 s to drain on shutdown.
+    pub fn new(
+        url: Url,
+        region: String,
+        node: Node,
+        credentials: SharedCredentialsProvider,
+    ) -> HttpSinkConfig {
+        HttpSinkConfig {
+            url,
+            region,
+            node,
+            credentials,
+            max_queue: 10_000,
+            max_batch: MAX_BATCH_EVENTS,
+            max_attempts: 12,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A failure to set up the HTTP sink.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSinkError {
+    /// The HTTP client could not be built (TLS setup).
+    #[error("failed to build HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    queue: CoalescingQueue,
+    closed: bool,
+}
+
+/// Queues events and posts them from a background task.
+#[derive(Debug)]
+pub struct HttpSink {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    shutdown_timeout: Duration,
+}
+
+impl HttpSink {
+    /// Starts the sender task.
+    pub fn start(config: HttpSinkConfig, metrics: Arc<Metrics>) -> Result<HttpSink, HttpSinkError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .user_agent(concat!("tokenguard-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(HttpSinkError::Client)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: CoalescingQueue::new(config.max_queue),
+                closed: false,
+            }),
+            wake: Notify::new(),
+        });
+        let shutdown_timeout = config.shutdown_timeout;
+        let sender = Sender {
+            signer: Signer::new(config.credentials.clone(), config.region.clone()),
+            shared: shared.clone(),
+            client,
+            metrics: metrics.clone(),
+            config,
+        };
+        Ok(HttpSink {
+            shared,
+            task: tokio::spawn(sender.run()),
+            metrics,
+            shutdown_timeout,
+        })
+    }
+
+    /// Queues `read` for the next POST.
+    pub fn submit(&self, read: TokenRead) {
+        let event_id = read.event_id.clone();
+        let pushed = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue
+            .push(read);
+        match pushed {
+            Pushed::Queued => {}
+            Pushed::Coalesced => Metrics::add(&self.metrics.events_coalesced, 1),
+            Pushed::Dropped => {
+                Metrics::add(&self.metrics.events_dropped_queue_full, 1);
+                debug!(event_id = %event_id, "send queue full; event dropped");
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// Number of distinct events waiting to be sent.
+    pub fn queued(&self) -> usize {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue
+            .len()
+    }
+
+    /// Sends what is queued, waiting at most the shutdown timeout, then stops.
+    pub async fn close(mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.shared.wake.notify_one();
+        let abort = self.task.abort_handle();
+        let finished = tokio::time::timeout(self.shutdown_timeout, &mut self.task).await;
+        if finished.is_err() {
+            abort.abort();
+            let left = self.queued();
+            Metrics::add(&self.metrics.events_dropped_undeliverable, left as u64);
+            error!(
+                queued = left,
+                "events not delivered before shutdown; they and any batch in flight are lost"
+            );
+        }
+    }
+}
+
+/// An event with the number of POSTs it already went out in.
+#[derive(Debug)]
+struct Pending {
+    read: TokenRead,
+    attempts: u32,
+}
+
+/// Result of one POST, as the sender acts on it.
+#[derive(Debug)]
+enum PostResult {
+    Answered(BatchResponse),
+    /// 400 and other 4xx that a retry cannot fix.
+    Rejected {
+        status: StatusCode,
+        body: String,
+    },
+    /// Network error, timeout, 429, 5xx, or missing credentials.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+struct Sender {
+    config: HttpSinkConfig,
+    signer: Signer,
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+}
+
+impl Sender {
+    async fn run(self) {
+        let mut retry: Vec<Pending> = Vec::new();
+        loop {
+            let Some(batch) = self.next_batch(&mut retry).await else {
+                return;
+            };
+            let delay = self.deliver(batch, &mut retry).await;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Waits for events and returns the next batch: events to retry first,
+    /// then the oldest queued ones. Returns `None` once closed and empty.
+    async fn next_batch(&self, retry: &mut Vec<Pending>) -> Option<Vec<Pending>> {
+        let max = self.config.max_batch.clamp(1, MAX_BATCH_EVENTS);
+        loop {
+            let notified = self.shared.wake.notified();
+            {
+                let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let from_retry = retry.len().min(max);
+                let mut batch: Vec<Pending> = retry.drain(..from_retry).collect();
+                let room = max - batch.len();
+                batch.extend(
+                    state
+                        .queue
+                        .take(room)
+                        .into_iter()
+                        .map(|read| Pending { read, attempts: 0 }),
+                );
+                if !batch.is_empty() {
+                    return Some(batch);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Posts `batch` until it gets a response, is rejected or runs out of
+    /// attempts. Events with outcome `failed` go to `retry`, and then the
+    /// delay to wait before the next POST is returned.
+    async fn deliver(&self, mut batch: Vec<Pending>, retry: &mut Vec<Pending>) -> Option<Duration> {
+        let mut attempt = batch.iter().map(|p| p.attempts).max().unwrap_or(0);
+        loop {
+            attempt += 1;
+            for pending in batch.iter_mut() {
+                pending.attempts = attempt.max(pending.attempts + 1);
+            }
+            Metrics::add(&self.metrics.posts, 1);
+            match self.post(&batch).await {
+                PostResult::Answered(response) => {
+                    self.handle_outcomes(batch, response, retry);
+                    let worst = retry.iter().map(|p| p.attempts).max()?;
+                    return Some(self.backoff(worst, None));
+                }
+                PostResult::Rejected { status, body } => {
+                    Metrics::add(
+                        &self.metrics.events_dropped_undeliverable,
+                        batch.len() as u64,
+                    );
+                    error!(
+                        status = status.as_u16(), events = batch.len(), error = %body,
+                        "detector rejected the batch; dropping it"
+                    );
+                    return None;
+                }
+                PostResult::Retry {
+                    reason,
+                    retry_after,
+                } => {
+                    Metrics::add(&self.metrics.post_failures, 1);
+                    if attempt >= self.config.max_attempts {
+                        Metrics::add(
+                            &self.metrics.events_dropped_undeliverable,
+                            batch.len() as u64,
+                        );
+                        error!(
+                            attempts = attempt, events = batch.len(), error = %reason,
+                            "posting to the detector failed on every attempt; dropping the batch"
+                        );
+                        return None;
+                    }
+                    let delay = self.backoff(attempt, retry_after);
+                    warn!(
+                        attempt, events = batch.len(), delay_ms = delay.as_millis() as u64,
+                        error = %reason, "posting to the detector failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn handle_outcomes(
+        &self,
+        batch: Vec<Pending>,
+        response: BatchResponse,
+        retry: &mut Vec<Pending>,
+    ) {
+        let mut outcomes: std::collections::HashMap<String, _> = response
+            .outcomes
+            .into_iter()
+            .map(|outcome| (outcome.event_id.clone(), outcome))
+            .collect();
+        for pending in batch {
+            let event_id = pending.read.event_id.clone();
+            let Some(outcome) = outcomes.remove(&event_id) else {
+                // An event without an outcome is sent again, which is safe
+                // because event ids make the retry idempotent.
+                self.retry_or_drop(pending, "no outcome in the response", retry);
+                continue;
+            };
+            match outcome.status {
+                OutcomeStatus::Accepted | OutcomeStatus::Duplicate => {
+                    Metrics::add(&self.metrics.events_posted, 1);
+                }
+                OutcomeStatus::Invalid => {
+                    Metrics::add(&self.metrics.events_invalid, 1);
+                    warn!(
+                        event_id = %event_id,
+                        reason = outcome.reason.as_deref().unwrap_or("-"),
+                        "detector rejected the event as invalid"
+                    );
+                }
+                OutcomeStatus::Failed => {
+                    let reason = outcome.reason.unwrap_or_default();
+                    self.retry_or_drop(pending, &reason, retry);
+                }
+            }
+        }
+    }
+
+    fn retry_or_drop(&self, pending: Pending, reason: &str, retry: &mut Vec<Pending>) {
+        if pending.attempts >= self.config.max_attempts {
+            Metrics::add(&self.metrics.events_dropped_undeliverable, 1);
+            error!(
+                event_id = %pending.read.event_id, attempts = pending.attempts, reason,
+                "detector failed the event on every attempt; dropping it"
+            );
+            return;
+        }
+        debug!(event_id = %pending.read.event_id, reason, "detector failed the event; retrying");
+        retry.push(pending);
+    }
+
+    /// Exponential backoff with jitter: a random delay between half and all
+    /// of `initial * 2^(attempt-1)`, capped, and no shorter than `retry_after`.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(20);
+        let full = self
+            .config
+            .initial_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.config.max_backoff);
+        let half = full / 2;
+        let jitter = Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64));
+        (half + jitter).max(retry_after.unwrap_or_default().min(self.config.max_backoff))
+    }
+
+    async fn post(&self, batch: &[Pending]) -> PostResult {
+        let body = Batch {
+            schema: SCHEMA_VERSION,
+            node: self.config.node.clone(),
+            events: batch.iter().map(|p| p.read.clone()).collect(),
+        };
+        let body = match serde_json::to_vec(&body) {
+            Ok(body) => body,
+            Err(error) => {
+                return PostResult::Rejected {
+                    status: StatusCode::BAD_REQUEST,
+                    body: format!("failed to encode batch: {error}"),
+                };
+            }
+        };
+        let content_type = ("content-type", "application/json");
+        let signed = match self
+            .signer
+            .sign_post(self.config.url.as_str(), &[content_type], &body)
+            .await
+        {
+            Ok(headers) => headers,
+            Err(error) => {
+                return PostResult::Retry {
+                    reason: error.to_string(),
+                    retry_after: None,
+                };
+            }
+        };
+        let mut request = self
+            .client
+            .post(self.config.url.clone())
+            .header(content_type.0, content_type.1);
+        for (name, value) in &signed {
+            request = request.header(name, value);
+        }
+        let response = match request.body(body).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return PostResult::Retry {
+                    reason: format!("request failed: {error}"),
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+
+        if status.is_success() {
+            return match serde_json::from_str::<BatchResponse>(&text) {
+                Ok(answer) => PostResult::Answered(answer),
+                Err(error) => PostResult::Retry {
+                    reason: format!("invalid detector response ({status}): {error}"),
+                    retry_after: None,
+                },
+            };
+        }
+        // Expired or not yet valid credentials are refreshed on the next attempt.
+        let retryable = status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || status.is_server_error();
+        let mut body = text;
+        crate::record::truncate_utf8(&mut body, MAX_LOGGED_BODY);
+        if retryable {
+            PostResult::Retry {
+                reason: format!("detector answered {status}: {body}"),
+                retry_after,
+            }
+        } else {
+            PostResult::Rejected { status, body }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Flag checks of the built binary.
+
+use std::process::Command;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_tokenguard-agent");
+
+fn run(args: &[&str]) -> (bool, String) {
+    let output = Command::new(AGENT)
+        .args(args)
+        .env_remove("TOKENGUARD_CLUSTER")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_learning_period_rejected() {
+    let (ok, stderr) = run(&["--cluster", "test", "--learning-period", "7days-ish"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "invalid learning-period \"7days-ish\": expected a duration such as 0s, 10m, 12h or 7d"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_cluster_rejected() {
+    let (ok, stderr) = run(&["--no-kube"]);
+    assert!(!ok);
+    assert!(stderr.contains("--cluster <CLUSTER>"), "{stderr}");
+}
+
+#[test]
+fn plain_http_to_remote_host_rejected() {
+    let (ok, stderr) = run(&[
+        "--cluster",
+        "test",
+        "--sink",
+        "http://detector.example/",
+        "--region",
+        "eu-west-1",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("invalid --sink \"http://detector.example/\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sink_and_embedded_exclusive() {
+    let (ok, stderr) = run(&[
+        "--cluster",
+        "test",
+        "--sink",
+        "stdout",
+        "--embedded",
+        "/tmp/x",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}

@@ -1,0 +1,318 @@
+//! The HTTP sink against a local server that records requests and responds
+//! from a script.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use sha2::{Digest, Sha256};
+use tokenguard_agent::Metrics;
+use tokenguard_agent::sink::{HttpSink, HttpSinkConfig};
+use tokenguard_core::conformance::sample_read;
+use tokenguard_schema::{Batch, BatchResponse, Node, Outcome, OutcomeStatus, TokenRead};
+
+/// The server's response to one request.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// 200 with an outcome per event: `failed` for exes in the list, else accepted.
+    Outcomes {
+        delay: Duration,
+        failed_exes: Vec<String>,
+    },
+    Status(u16, &'static str),
+}
+
+fn accept() -> Answer {
+    Answer::Outcomes {
+        delay: Duration::ZERO,
+        failed_exes: Vec::new(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Request {
+    fn batch(&self) -> Batch {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Recorder {
+    script: Mutex<VecDeque<Answer>>,
+    requests: Mutex<Vec<Request>>,
+}
+
+impl Recorder {
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn detector(
+    State(recorder): State<Arc<Recorder>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    recorder.requests.lock().unwrap().push(Request {
+        headers,
+        body: body.clone(),
+    });
+    let answer = recorder
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(accept);
+    match answer {
+        Answer::Status(code, text) => {
+            (StatusCode::from_u16(code).unwrap(), text.to_owned()).into_response()
+        }
+        Answer::Outcomes { delay, failed_exes } => {
+            tokio::time::sleep(delay).await;
+            let batch: Batch = serde_json::from_slice(&body).unwrap();
+            let outcomes = batch
+                .events
+                .iter()
+                .map(|event| {
+                    if failed_exes.contains(&event.process.exe) {
+                        Outcome::with_status(
+                            &event.event_id,
+                            OutcomeStatus::Failed,
+                            Some("baseline store throttled".to_owned()),
+                        )
+                    } else {
+                        Outcome::accepted(&event.event_id, None)
+                    }
+                })
+                .collect();
+            let response = BatchResponse {
+                schema: 1,
+                outcomes,
+            };
+            axum::Json(response).into_response()
+        }
+    }
+}
+
+async fn start_detector(script: Vec<Answer>) -> (SocketAddr, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder {
+        script: Mutex::new(script.into()),
+        requests: Mutex::new(Vec::new()),
+    });
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(detector))
+        .with_state(recorder.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, recorder)
+}
+
+fn sink(addr: SocketAddr, tune: impl FnOnce(&mut HttpSinkConfig)) -> (HttpSink, Arc<Metrics>) {
+    let credentials = Credentials::new(
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        Some("fake-session-token".to_owned()),
+        None,
+        "test",
+    );
+    let node = Node {
+        name: "ip-10-0-12-34.eu-west-1.compute.internal".to_owned(),
+        boot_id: "5f1c6a7e-0b7e-4c41-9d0a-3f3e2a6b9c10".to_owned(),
+        agent_version: Some("0.1.0".to_owned()),
+        hook: None,
+    };
+    let mut config = HttpSinkConfig::new(
+        format!("http://{addr}/").parse().unwrap(),
+        "eu-west-1".to_owned(),
+        node,
+        SharedCredentialsProvider::new(credentials),
+    );
+    config.initial_backoff = Duration::from_millis(50);
+    config.max_backoff = Duration::from_millis(200);
+    config.max_attempts = 4;
+    tune(&mut config);
+    let metrics = Arc::new(Metrics::default());
+    (HttpSink::start(config, metrics.clone()).unwrap(), metrics)
+}
+
+fn read(id: u32, exe: &str) -> TokenRead {
+    let mut read = sample_read(exe, exe.rsplit('/').next().unwrap());
+    read.event_id = format!("5f1c6a7e-0b7e-4c41-9d0a-3f3e2a6b9c10:{id}");
+    read
+}
+
+async fn wait_for_requests(recorder: &Recorder, count: usize) {
+    for _ in 0..200 {
+        if recorder.requests().len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "expected {count} requests, got {}",
+        recorder.requests().len()
+    );
+}
+
+#[tokio::test]
+async fn posts_signed_for_lambda() {
+    let (addr, recorder) = start_detector(vec![]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(read(1, "/usr/bin/python3"));
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    let authorization = request.header("authorization").expect("SigV4 header");
+    assert!(authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/"));
+    assert!(
+        authorization.contains("/eu-west-1/lambda/aws4_request"),
+        "{authorization}"
+    );
+    assert!(authorization.contains("SignedHeaders="), "{authorization}");
+    let body_hash = hex::encode(Sha256::digest(&request.body));
+    assert_eq!(
+        request.header("x-amz-content-sha256"),
+        Some(body_hash.as_str())
+    );
+    assert_eq!(
+        request.header("x-amz-security-token"),
+        Some("fake-session-token")
+    );
+    assert!(request.header("x-amz-date").is_some());
+    assert_eq!(request.header("content-type"), Some("application/json"));
+
+    let batch = request.batch();
+    assert_eq!(batch.schema, 1);
+    assert_eq!(batch.node.boot_id, "5f1c6a7e-0b7e-4c41-9d0a-3f3e2a6b9c10");
+    assert_eq!(batch.events.len(), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 1);
+}
+
+#[tokio::test]
+async fn coalesces_while_post_in_flight() {
+    let slow = Answer::Outcomes {
+        delay: Duration::from_millis(500),
+        failed_exes: Vec::new(),
+    };
+    let (addr, recorder) = start_detector(vec![slow]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(read(1, "/usr/bin/python3"));
+    wait_for_requests(&recorder, 1).await;
+    for id in 2..=6 {
+        sink.submit(read(id, "/usr/bin/python3"));
+    }
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2, "one follow-up post after the slow one");
+    let follow_up = requests[1].batch();
+    assert_eq!(follow_up.events.len(), 1);
+    assert_eq!(follow_up.events[0].count, 5);
+    assert_eq!(
+        follow_up.events[0].event_id, "5f1c6a7e-0b7e-4c41-9d0a-3f3e2a6b9c10:2",
+        "the folded event keeps the first event id"
+    );
+    assert_eq!(Metrics::get(&metrics.events_coalesced), 4);
+}
+
+#[tokio::test]
+async fn retries_after_503() {
+    let (addr, recorder) = start_detector(vec![Answer::Status(503, "Service Unavailable")]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(read(1, "/usr/bin/python3"));
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].batch().events, requests[1].batch().events);
+    assert_eq!(Metrics::get(&metrics.post_failures), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn only_failed_events_resent() {
+    let first = Answer::Outcomes {
+        delay: Duration::ZERO,
+        failed_exes: vec!["/usr/bin/curl".to_owned()],
+    };
+    let (addr, recorder) = start_detector(vec![first]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    // On a current-thread runtime the sender runs only at the next await,
+    // so the three reads go out in one batch.
+    sink.submit(read(1, "/usr/bin/python3"));
+    sink.submit(read(2, "/usr/bin/curl"));
+    sink.submit(read(3, "/bin/sh"));
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].batch().events.len(), 3);
+    let resent = requests[1].batch().events;
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].process.exe, "/usr/bin/curl");
+    assert_eq!(Metrics::get(&metrics.events_posted), 3);
+}
+
+#[tokio::test]
+async fn bad_request_not_retried() {
+    let rejected = Answer::Status(400, r#"{"error":"invalid batch: missing field `node`"}"#);
+    let (addr, recorder) = start_detector(vec![rejected]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(read(1, "/usr/bin/python3"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.close().await;
+
+    assert_eq!(recorder.requests().len(), 1);
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 1);
+    assert_eq!(Metrics::get(&metrics.post_failures), 0);
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts() {
+    let script = vec![Answer::Status(500, "boom"); 10];
+    let (addr, recorder) = start_detector(script).await;
+    let (sink, metrics) = sink(addr, |config| config.max_attempts = 3);
+    sink.submit(read(1, "/usr/bin/python3"));
+    sink.close().await;
+
+    assert_eq!(recorder.requests().len(), 3);
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 1);
+}
+
+#[tokio::test]
+async fn full_queue_drops_and_counts() {
+    let slow = Answer::Outcomes {
+        delay: Duration::from_millis(300),
+        failed_exes: Vec::new(),
+    };
+    let (addr, recorder) = start_detector(vec![slow]).await;
+    let (sink, metrics) = sink(addr, |config| config.max_queue = 2);
+    sink.submit(read(1, "/usr/bin/python3"));
+    wait_for_requests(&recorder, 1).await;
+    sink.submit(read(2, "/bin/a"));
+    sink.submit(read(3, "/bin/b"));
+    sink.submit(read(4, "/bin/c"));
+    sink.close().await;
+
+    assert_eq!(Metrics::get(&metrics.events_dropped_queue_full), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 3);
+}
