@@ -13,7 +13,7 @@ setup:
 	@scripts/setup.sh
 
 build: setup
-	$(CARGO) build --release -p tokenguard-agent
+	$(CARGO) build --release -p tokenguard-agent -p tokenguard-e2e --bins
 
 demo: build
 	scripts/demo.sh $(AGENT)

@@ -1,5 +1,7 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests and the demo: local stand-ins for
+//! the services tokenguard talks to, and real-format fixtures.
 
+pub mod fixtures;
 pub mod kube_api;
 pub mod lambda;
 pub mod moto;
