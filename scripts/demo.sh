@@ -62,7 +62,8 @@ token=/var/run/secrets/eks.amazonaws.com/serviceaccount/token
 step "the workload's process payments-api reads its token during learning"
 "$sandbox" exec "$kubelet_root" "$pod_uid" "$container_id" -- "$app_dir/payments-api" "$token" >/dev/null
 
-sleep "${learning%s}"
+# One second past the learning period, so the next reads fall after it.
+sleep "$((${learning%s} + 1))"
 step "learning is over; payments-api reads again (known: no finding)"
 "$sandbox" exec "$kubelet_root" "$pod_uid" "$container_id" -- "$app_dir/payments-api" "$token" >/dev/null
 
