@@ -4,6 +4,8 @@
 CARGO ?= cargo
 AGENT := target/release/tokenguard-agent
 C_SOURCES := $(wildcard node-agent-ebpf/*.c node-agent-ebpf/*.h)
+# Debian's 6.1 kernel and its BTF, for tests against a kernel other than this one.
+KERNEL_DIR := .tokenguard/kernels/debian
 
 .PHONY: all setup build demo test lint fmt clean
 
@@ -23,8 +25,12 @@ lint: setup
 	clang-format --dry-run --Werror $(C_SOURCES)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The ignored tests need the BTF of Debian's kernel in TOKENGUARD_TEST_BTF.
 test: lint
 	$(CARGO) test --workspace --no-fail-fast
+	scripts/debian-kernel.sh $(KERNEL_DIR) >/dev/null
+	TOKENGUARD_TEST_BTF=$(KERNEL_DIR)/vmlinux.btf \
+		$(CARGO) test --workspace --no-fail-fast -- --ignored
 
 fmt:
 	$(CARGO) fmt --all

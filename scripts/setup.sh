@@ -9,7 +9,8 @@ venv="${TOKENGUARD_VENV:-$root/.venv}"
 
 # clang and libbpf-dev build the kernel program, bpftool inspects it,
 # clang-format checks its style, python3-venv makes the test environment.
-packages=(clang llvm libbpf-dev bpftool clang-format linux-libc-dev python3-venv)
+# binutils and xz-utils extract the BTF of Debian's kernel for the tests.
+packages=(clang llvm libbpf-dev bpftool clang-format linux-libc-dev python3-venv binutils xz-utils)
 
 missing=()
 for package in "${packages[@]}"; do
