@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 AGENT := target/release/tokenguard-agent
-C_SOURCES := $(wildcard node-agent-ebpf/*.c node-agent-ebpf/*.h)
+C_SOURCES := $(wildcard node-agent-ebpf/*.c node-agent-ebpf/*.h bench/*.c)
 # Debian's 6.1 kernel and its BTF, for tests against a kernel other than this one.
 KERNEL_DIR := .tokenguard/kernels/debian
 

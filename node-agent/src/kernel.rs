@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tracing::{info, warn};
@@ -13,6 +13,11 @@ use crate::record::OpenRecord;
 
 /// How often the kernel counters are read while no event arrives.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Minimum time between two reads of the counters while events arrive. A read
+/// costs one `bpf(2)` call per counter, too much to pay for every event under
+/// a flood of token opens.
+const COUNTER_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the agent mounts tracefs when the host has not.
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -75,17 +80,22 @@ pub fn open_record(open: TokenOpen) -> OpenRecord {
 /// Streams the probe's events as open records.
 ///
 /// Returns the stream and the count of events the kernel dropped because the
-/// ring buffer was full, which the stream refreshes after each event and at
-/// least every 10 seconds, and logs at warn whenever it grows.
+/// ring buffer was full. The stream refreshes the count at most once a second
+/// while events arrive and every 10 seconds while none do, and logs at warn
+/// whenever it grows.
 pub fn kernel_source(probe: Probe) -> (impl Stream<Item = OpenRecord> + Send, Arc<AtomicU64>) {
     let lost = Arc::new(AtomicU64::new(0));
-    let state = (probe, lost.clone());
-    let stream = futures::stream::unfold(state, |(mut probe, lost)| async move {
+    let state = (probe, lost.clone(), None::<Instant>);
+    let stream = futures::stream::unfold(state, |(mut probe, lost, mut refreshed)| async move {
         loop {
             let next = tokio::time::timeout(COUNTER_INTERVAL, probe.next()).await;
-            update_lost(&probe, &lost);
+            let due = refreshed.is_none_or(|at| at.elapsed() >= COUNTER_MIN_INTERVAL);
+            if due || next.is_err() {
+                update_lost(&probe, &lost);
+                refreshed = Some(Instant::now());
+            }
             match next {
-                Ok(Some(open)) => return Some((open_record(open), (probe, lost))),
+                Ok(Some(open)) => return Some((open_record(open), (probe, lost, refreshed))),
                 Ok(None) => {
                     warn!("kernel ring buffer polling failed; no more events");
                     return None;
