@@ -14,6 +14,23 @@ use crate::moto::{
 /// build of the AWS SDK takes several minutes on a 2-core machine.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
+/// Checks whether cargo sets `name` for the package whose binary it runs.
+fn is_package_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
+}
+
 /// A function running under `cargo lambda watch`, stopped on drop.
 #[derive(Debug)]
 pub struct LambdaEmulator {
@@ -55,6 +72,15 @@ impl LambdaEmulator {
             );
         for (key, value) in env {
             command.arg("--env-var").arg(format!("{key}={value}"));
+        }
+        // `cargo test` gives each test binary the CARGO_MANIFEST_DIR, CARGO_PKG_* and OUT_DIR
+        // of its own package. Build scripts such as ring's declare rerun-if-env-changed on
+        // them, so without this the emulator's `cargo run` rebuilds the detector each time a
+        // test binary of another package started it last.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(is_package_variable) {
+                command.env_remove(key);
+            }
         }
         let log = log_dir().join(format!("lambda-{function}-{port}.log"));
         let mut child = GuardedChild::spawn("cargo lambda watch", &command, &log)?;

@@ -9,71 +9,23 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tokenguard_core::conformance::sample_read;
-use tokenguard_e2e::lambda::LambdaEmulator;
-use tokenguard_e2e::moto::MotoServer;
+use tokenguard_e2e::detector::DetectorStack;
 use tokenguard_schema::{
     Batch, BatchResponse, Node, Outcome, OutcomeStatus, SCHEMA_VERSION, TokenRead,
 };
 use tokio::sync::OnceCell;
 
-const FUNCTION: &str = "tokenguard-detector";
+static STACK: OnceCell<DetectorStack> = OnceCell::const_new();
 
-/// The emulated detector and the moto server it uses.
-struct Stack {
-    /// Handles one request at a time, for the atomic conditional writes that
-    /// DynamoDB gives and threaded moto does not. SQS reads must not long-poll.
-    moto: MotoServer,
-    emulator: LambdaEmulator,
-    topic_arn: String,
-}
-
-static STACK: OnceCell<Stack> = OnceCell::const_new();
-
-async fn stack() -> &'static Stack {
+async fn stack() -> &'static DetectorStack {
     STACK
         .get_or_init(|| async {
-            let moto = tokio::task::spawn_blocking(MotoServer::start_serial)
+            DetectorStack::start("0s")
                 .await
-                .unwrap()
-                .expect("moto server starts");
-            let config = moto.sdk_config();
-            let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-            tokenguard_detector::create_tables(&dynamodb, "e2e-baseline", "e2e-findings")
-                .await
-                .expect("tables are created");
-            let topic_arn = aws_sdk_sns::Client::new(&config)
-                .create_topic()
-                .name("e2e-alerts")
-                .send()
-                .await
-                .unwrap()
-                .topic_arn
-                .unwrap();
-
-            let mut env = moto.client_env();
-            env.extend([
-                ("TOKENGUARD_BASELINE_TABLE", "e2e-baseline".to_owned()),
-                ("TOKENGUARD_FINDINGS_TABLE", "e2e-findings".to_owned()),
-                ("TOKENGUARD_TOPIC_ARN", topic_arn.clone()),
-                ("TOKENGUARD_LEARNING_PERIOD", "0s".to_owned()),
-                ("TOKENGUARD_FORGET_AFTER", "28d".to_owned()),
-                ("RUST_LOG", "info".to_owned()),
-            ]);
-            let emulator = tokio::task::spawn_blocking(move || {
-                LambdaEmulator::start(FUNCTION, FUNCTION, &env, 4)
-            })
-            .await
-            .unwrap()
-            .expect("the emulator builds and serves the detector");
-            Stack {
-                moto,
-                emulator,
-                topic_arn,
-            }
+                .expect("the detector stack starts")
         })
         .await
 }
@@ -107,9 +59,9 @@ fn batch(events: Vec<TokenRead>) -> String {
     serde_json::to_string(&batch).unwrap()
 }
 
-async fn post(stack: &Stack, body: String) -> (u16, String) {
+async fn post(stack: &DetectorStack, body: String) -> (u16, String) {
     let response = reqwest::Client::new()
-        .post(stack.emulator.function_url())
+        .post(stack.function_url())
         .header("content-type", "application/json")
         .body(body)
         .timeout(Duration::from_secs(120))
@@ -120,7 +72,7 @@ async fn post(stack: &Stack, body: String) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
-async fn post_batch(stack: &Stack, events: Vec<TokenRead>) -> Vec<Outcome> {
+async fn post_batch(stack: &DetectorStack, events: Vec<TokenRead>) -> Vec<Outcome> {
     let (status, body) = post(stack, batch(events)).await;
     assert_eq!(status, 200, "response body: {body}");
     serde_json::from_str::<BatchResponse>(&body)
@@ -128,69 +80,11 @@ async fn post_batch(stack: &Stack, events: Vec<TokenRead>) -> Vec<Outcome> {
         .outcomes
 }
 
-/// Creates an SQS queue that receives the alerts of `cluster` only.
-async fn alert_queue(stack: &Stack, cluster: &str) -> String {
-    let config = stack.moto.sdk_config();
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(cluster)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
-        .unwrap();
-    aws_sdk_sns::Client::new(&config)
-        .subscribe()
-        .topic_arn(&stack.topic_arn)
-        .protocol("sqs")
-        .endpoint(queue_arn)
-        .attributes("FilterPolicy", json!({ "cluster": [cluster] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    queue_url
-}
-
-/// Receives every SNS envelope on the queue. moto delivers during `Publish`, so all
-/// alerts of a finished POST are already there.
-async fn alerts(stack: &Stack, queue_url: &str) -> Vec<Value> {
-    let sqs = aws_sdk_sqs::Client::new(&stack.moto.sdk_config());
-    let mut envelopes = Vec::new();
-    loop {
-        let output = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .unwrap();
-        if output.messages().is_empty() {
-            return envelopes;
-        }
-        for message in output.messages() {
-            envelopes.push(serde_json::from_str(message.body().unwrap()).unwrap());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn familiar_then_unfamiliar_alerts() {
     let stack = stack().await;
     let cluster = unique_cluster("familiar");
-    let queue = alert_queue(stack, &cluster).await;
+    let queue = stack.alert_queue(&cluster).await.unwrap();
 
     let familiar = post_batch(
         stack,
@@ -201,7 +95,7 @@ async fn familiar_then_unfamiliar_alerts() {
     assert_eq!(familiar[0].status, OutcomeStatus::Accepted);
     assert_eq!(familiar[0].finding_id, None);
     assert!(
-        alerts(stack, &queue).await.is_empty(),
+        stack.alerts(&queue).await.unwrap().is_empty(),
         "the first value is learned silently"
     );
 
@@ -213,7 +107,7 @@ async fn familiar_then_unfamiliar_alerts() {
         .clone()
         .expect("the unfamiliar read raises a finding");
 
-    let alerts = alerts(stack, &queue).await;
+    let alerts = stack.alerts(&queue).await.unwrap();
     assert_eq!(alerts.len(), 1, "alerts: {alerts:?}");
     assert_eq!(
         alerts[0]["MessageAttributes"],
@@ -242,7 +136,7 @@ async fn familiar_then_unfamiliar_alerts() {
 async fn duplicate_post_one_finding() {
     let stack = stack().await;
     let cluster = unique_cluster("duplicate");
-    let queue = alert_queue(stack, &cluster).await;
+    let queue = stack.alert_queue(&cluster).await.unwrap();
     let events = vec![
         read(&cluster, "/usr/bin/python3", "python3", "1"),
         read(&cluster, "/usr/bin/curl", "curl", "2"),
@@ -257,7 +151,7 @@ async fn duplicate_post_one_finding() {
     assert_eq!(retry.len(), 2);
     assert_eq!(retry[0].status, OutcomeStatus::Duplicate);
     assert_eq!(retry[1].status, OutcomeStatus::Duplicate);
-    assert_eq!(alerts(stack, &queue).await.len(), 1);
+    assert_eq!(stack.alerts(&queue).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +187,7 @@ async fn malformed_body_400() {
     let message = error["error"].as_str().unwrap();
     assert!(message.starts_with("invalid batch: "), "{message}");
 
-    let response = reqwest::get(stack.emulator.function_url()).await.unwrap();
+    let response = reqwest::get(stack.function_url()).await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
 }
 
@@ -301,7 +195,7 @@ async fn malformed_body_400() {
 async fn concurrent_new_value_one_finding() {
     let stack = stack().await;
     let cluster = unique_cluster("race");
-    let queue = alert_queue(stack, &cluster).await;
+    let queue = stack.alert_queue(&cluster).await.unwrap();
     let seed = post_batch(
         stack,
         vec![read(&cluster, "/usr/bin/python3", "python3", "1")],
@@ -324,5 +218,5 @@ async fn concurrent_new_value_one_finding() {
         .filter_map(|o| o.finding_id.as_ref())
         .collect();
     assert_eq!(findings.len(), 1, "outcomes: {outcomes:?}");
-    assert_eq!(alerts(stack, &queue).await.len(), 1);
+    assert_eq!(stack.alerts(&queue).await.unwrap().len(), 1);
 }
