@@ -72,6 +72,30 @@ struct {
 } scratch_map SEC(".maps");
 
 /*
+ * A read-open of a file by a process within repeat_window_ns of the last event for that process
+ * and file is counted in TG_COUNTER_REPEATS instead of sent. A process that re-reads its token in
+ * a loop then costs one event per window, and it cannot fill the ring buffer to hide another
+ * process's read. The agent sets the window at load time; zero sends every open.
+ */
+const volatile __u64 repeat_window_ns = 1000000000ULL;
+
+/* A process (tgid and start time, so a reused pid is a new key) and the dentry it opened. */
+struct repeat_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 start_boottime_ns;
+	__u64 dentry;
+};
+
+/* Time of the last event per process and file. LRU, so old processes age out by themselves. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct repeat_key);
+	__type(value, __u64);
+} recent_opens SEC(".maps");
+
+/*
  * Context of the syscalls:sys_exit_* tracepoints, from
  * /sys/kernel/tracing/events/syscalls/sys_exit_openat/format: 8 bytes of common fields, the
  * syscall number at offset 8 and the return value at offset 16. The kernel's struct
@@ -414,6 +438,9 @@ static __always_inline int handle_open_exit(long ret, __u8 syscall)
 	struct dentry *dentry;
 	struct scratch *s;
 	struct tg_event *ev;
+	struct repeat_key repeat;
+	__u64 *last;
+	__u64 now;
 	__u32 zero = 0;
 	__u32 max_fds;
 	__u32 n;
@@ -439,6 +466,18 @@ static __always_inline int handle_open_exit(long ret, __u8 syscall)
 	if (!(BPF_CORE_READ(file, f_mode) & FMODE_READ))
 		return 0;
 
+	/* Repeats of a recent event are only counted, before the costly path walk. */
+	now = bpf_ktime_get_boot_ns();
+	repeat.tgid = bpf_get_current_pid_tgid() >> 32;
+	repeat.pad = 0;
+	repeat.start_boottime_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	repeat.dentry = (__u64)dentry;
+	last = bpf_map_lookup_elem(&recent_opens, &repeat);
+	if (last && now - *last < repeat_window_ns) {
+		count(TG_COUNTER_REPEATS);
+		return 0;
+	}
+
 	/* Walk the path up to the opener's root. */
 	s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
@@ -453,7 +492,7 @@ static __always_inline int handle_open_exit(long ret, __u8 syscall)
 
 	/* Open details and the joined path. */
 	ev = &s->event;
-	ev->timestamp_ns = bpf_ktime_get_boot_ns();
+	ev->timestamp_ns = now;
 	ev->fd = ret;
 	ev->syscall = syscall;
 	ev->f_flags = BPF_CORE_READ(file, f_flags);
@@ -469,12 +508,15 @@ static __always_inline int handle_open_exit(long ret, __u8 syscall)
 	/* The exe walks reuse s->comps, so they run after the path is joined. */
 	fill_process(s, task);
 
-	/* Send, counting a full ring buffer as lost. */
+	/* Send, counting a full ring buffer as lost. A lost open is not recorded as recent, so the
+	 * process's next open is sent. */
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0) < 0) {
 		count(TG_COUNTER_LOST);
 		return 0;
 	}
 	count(TG_COUNTER_SUBMITTED);
+	if (repeat_window_ns)
+		bpf_map_update_elem(&recent_opens, &repeat, &now, BPF_ANY);
 	return 0;
 }
 

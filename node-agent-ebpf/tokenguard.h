@@ -39,7 +39,9 @@ enum tg_counter {
 	TG_COUNTER_PATH_FILTERED = 1,
 	/* Events written to the ring buffer. */
 	TG_COUNTER_SUBMITTED = 2,
-	TG_COUNTER_MAX = 3,
+	/* Token opens folded into an earlier event of the same process and file. */
+	TG_COUNTER_REPEATS = 3,
+	TG_COUNTER_MAX = 4,
 };
 
 /*

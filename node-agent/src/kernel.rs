@@ -77,48 +77,62 @@ pub fn open_record(open: TokenOpen) -> OpenRecord {
     }
 }
 
-/// Streams the probe's events as open records.
-///
-/// Returns the stream and the count of events the kernel dropped because the
-/// ring buffer was full. The stream refreshes the count at most once a second
-/// while events arrive and every 10 seconds while none do, and logs at warn
-/// whenever it grows.
-pub fn kernel_source(probe: Probe) -> (impl Stream<Item = OpenRecord> + Send, Arc<AtomicU64>) {
-    let lost = Arc::new(AtomicU64::new(0));
-    let state = (probe, lost.clone(), None::<Instant>);
-    let stream = futures::stream::unfold(state, |(mut probe, lost, mut refreshed)| async move {
-        loop {
-            let next = tokio::time::timeout(COUNTER_INTERVAL, probe.next()).await;
-            let due = refreshed.is_none_or(|at| at.elapsed() >= COUNTER_MIN_INTERVAL);
-            if due || next.is_err() {
-                update_lost(&probe, &lost);
-                refreshed = Some(Instant::now());
-            }
-            match next {
-                Ok(Some(open)) => return Some((open_record(open), (probe, lost, refreshed))),
-                Ok(None) => {
-                    warn!("kernel ring buffer polling failed; no more events");
-                    return None;
-                }
-                Err(_elapsed) => continue,
-            }
-        }
-    });
-    (stream, lost)
+/// The probe's kernel-side counters as last read, for the metrics.
+#[derive(Debug, Default)]
+pub struct KernelCounters {
+    /// Token opens dropped because the ring buffer was full.
+    pub lost: AtomicU64,
+    /// Token opens folded into an earlier event of the same process and file.
+    pub repeats: AtomicU64,
 }
 
-fn update_lost(probe: &Probe, lost: &AtomicU64) {
-    match probe.lost_events() {
-        Ok(now) => {
-            let before = lost.swap(now, Ordering::Relaxed);
-            if now > before {
-                warn!(
-                    lost = now,
-                    new = now - before,
-                    "kernel dropped token events: the ring buffer was full"
-                );
+/// Streams the probe's events as open records.
+///
+/// Returns the stream and the probe's counters. The stream refreshes the
+/// counters at most once a second while events arrive and every 10 seconds
+/// while none do, and logs at warn whenever the count of lost events grows.
+pub fn kernel_source(probe: Probe) -> (impl Stream<Item = OpenRecord> + Send, Arc<KernelCounters>) {
+    let counters = Arc::new(KernelCounters::default());
+    let state = (probe, counters.clone(), None::<Instant>);
+    let stream =
+        futures::stream::unfold(state, |(mut probe, counters, mut refreshed)| async move {
+            loop {
+                let next = tokio::time::timeout(COUNTER_INTERVAL, probe.next()).await;
+                let due = refreshed.is_none_or(|at| at.elapsed() >= COUNTER_MIN_INTERVAL);
+                if due || next.is_err() {
+                    update_counters(&probe, &counters);
+                    refreshed = Some(Instant::now());
+                }
+                match next {
+                    Ok(Some(open)) => {
+                        return Some((open_record(open), (probe, counters, refreshed)));
+                    }
+                    Ok(None) => {
+                        warn!("kernel ring buffer polling failed; no more events");
+                        return None;
+                    }
+                    Err(_elapsed) => continue,
+                }
             }
+        });
+    (stream, counters)
+}
+
+fn update_counters(probe: &Probe, counters: &KernelCounters) {
+    let now = match probe.counters() {
+        Ok(now) => now,
+        Err(error) => {
+            warn!(error = %error, "failed to read the kernel program's counters");
+            return;
         }
-        Err(error) => warn!(error = %error, "failed to read the kernel's lost-event counter"),
+    };
+    counters.repeats.store(now.repeats, Ordering::Relaxed);
+    let before = counters.lost.swap(now.lost, Ordering::Relaxed);
+    if now.lost > before {
+        warn!(
+            lost = now.lost,
+            new = now.lost - before,
+            "kernel dropped token events: the ring buffer was full"
+        );
     }
 }

@@ -6,8 +6,9 @@
 //! or the detection engine embedded in the agent.
 //!
 //! The kernel source is [`kernel::kernel_source`]: it turns each event of the
-//! [`ebpf::Probe`] into an [`OpenRecord`] for [`Agent::run`], and its lost-event
-//! counter goes to [`Metrics::set_kernel_lost_source`] on [`Agent::metrics`].
+//! [`ebpf::Probe`] into an [`OpenRecord`] for [`Agent::run`], and its counters
+//! go to [`Metrics::set_kernel_lost_source`] and
+//! [`Metrics::set_kernel_repeats_source`] on [`Agent::metrics`].
 
 pub mod cgroup;
 pub mod classify;

@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
-    let mut lost_counter = None;
+    let mut kernel_counters = None;
 
     let replay = cli.replay_opens.clone();
     let mut config = cli.into_config()?;
@@ -27,8 +27,8 @@ async fn main() -> anyhow::Result<()> {
             let probe = load_probe().context("failed to attach the kernel probe")?;
             info!(hook = %probe.hook(), tracepoints = ?probe.tracepoints(), "kernel probe attached");
             config.hook = Some(format!("{}/syscalls", probe.hook()));
-            let (stream, lost) = kernel_source(probe);
-            lost_counter = Some(lost);
+            let (stream, counters) = kernel_source(probe);
+            kernel_counters = Some(counters);
             Box::pin(stream)
         }
     };
@@ -40,10 +40,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let agent = Agent::new(config);
-    if let Some(lost) = lost_counter {
-        agent
-            .metrics()
-            .set_kernel_lost_source(Box::new(move || lost.load(Ordering::Relaxed)));
+    if let Some(counters) = kernel_counters {
+        let metrics = agent.metrics();
+        let lost = counters.clone();
+        metrics.set_kernel_lost_source(Box::new(move || lost.lost.load(Ordering::Relaxed)));
+        metrics
+            .set_kernel_repeats_source(Box::new(move || counters.repeats.load(Ordering::Relaxed)));
     }
     agent
         .run(source.take_until(Box::pin(shutdown)))

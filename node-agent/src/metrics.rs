@@ -52,6 +52,7 @@ pub struct Metrics {
     /// Events the embedded engine could not process.
     pub engine_errors: AtomicU64,
     kernel_lost: RwLock<Option<CounterSource>>,
+    kernel_repeats: RwLock<Option<CounterSource>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,15 +80,28 @@ impl Metrics {
         *self.kernel_lost.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
+    /// Sets where the count of token opens that the kernel folded into an
+    /// earlier event comes from; it is read at each scrape.
+    pub fn set_kernel_repeats_source(&self, source: CounterSource) {
+        *self
+            .kernel_repeats
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
     /// Events lost in the kernel, or 0 without a source.
     pub fn kernel_lost(&self) -> u64 {
-        let source = self.kernel_lost.read().unwrap_or_else(|p| p.into_inner());
-        source.as_ref().map_or(0, |read| read())
+        read_source(&self.kernel_lost)
+    }
+
+    /// Token opens the kernel folded into an earlier event, or 0 without a source.
+    pub fn kernel_repeats(&self) -> u64 {
+        read_source(&self.kernel_repeats)
     }
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "tokenguard_opens_seen_total",
                 "Token open records received from the event source.",
@@ -153,6 +167,12 @@ impl Metrics {
                 "Events the kernel program lost because its ring buffer was full.",
                 self.kernel_lost(),
             ),
+            (
+                "tokenguard_kernel_repeats_total",
+                "Token opens the kernel program folded into an earlier event of the same \
+                 process and file.",
+                self.kernel_repeats(),
+            ),
         ];
         let mut text = String::new();
         for (name, help, value) in counters {
@@ -162,6 +182,11 @@ impl Metrics {
         }
         text
     }
+}
+
+fn read_source(source: &RwLock<Option<CounterSource>>) -> u64 {
+    let source = source.read().unwrap_or_else(|p| p.into_inner());
+    source.as_ref().map_or(0, |read| read())
 }
 
 /// Binds `addr` and serves `GET /metrics` in the background.
@@ -205,11 +230,13 @@ mod tests {
         let metrics = Metrics::default();
         Metrics::add(&metrics.events_built, 3);
         metrics.set_kernel_lost_source(Box::new(|| 7));
+        metrics.set_kernel_repeats_source(Box::new(|| 41));
         let text = metrics.render();
         assert!(
             text.contains("# TYPE tokenguard_events_total counter\ntokenguard_events_total 3\n")
         );
         assert!(text.contains("tokenguard_kernel_events_lost_total 7\n"));
+        assert!(text.contains("tokenguard_kernel_repeats_total 41\n"));
     }
 
     #[tokio::test]

@@ -70,8 +70,8 @@ impl Agent {
         }
     }
 
-    /// Returns the run's counters. Plug the kernel's lost-event counter in with
-    /// [`Metrics::set_kernel_lost_source`].
+    /// Returns the run's counters. Plug the kernel's counters in with
+    /// [`Metrics::set_kernel_lost_source`] and [`Metrics::set_kernel_repeats_source`].
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }

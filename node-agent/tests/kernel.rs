@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ebpf::{
-    Counters, DecodeError, Hook, OpenSyscall, Probe, ProbeError, TokenOpen, check_relocations,
-    clean_token_path,
+    Counters, DecodeError, Hook, OpenSyscall, Probe, ProbeError, ProbeOptions, TokenOpen,
+    check_relocations, clean_token_path,
 };
 
 /// Kubelet atomic-writer directory used in every fake volume.
@@ -205,15 +205,21 @@ fn ensure_tracefs() {
     });
 }
 
-/// Loads the probe, which needs root.
+/// Loads the probe with every open sent, so tests can count one event per open. Needs root.
 fn load_probe() -> Probe {
+    load_probe_with(ProbeOptions {
+        repeat_window: Duration::ZERO,
+    })
+}
+
+fn load_probe_with(options: ProbeOptions) -> Probe {
     assert_eq!(
         fs::metadata("/proc/self").unwrap().uid(),
         0,
         "the kernel tests load eBPF programs and need root"
     );
     ensure_tracefs();
-    Probe::load().expect("failed to load the probe")
+    Probe::load_with(options).expect("failed to load the probe")
 }
 
 /// Collects events from process `tgid` until `count` arrived or the timeout passed.
@@ -853,6 +859,54 @@ async fn full_ring_buffer_counts_lost() {
     assert_eq!(counters.lost, probe.lost_events().unwrap());
     assert_eq!(counters.submitted + counters.lost, opens as u64);
     assert_eq!(events.len() as u64, counters.submitted);
+}
+
+#[tokio::test]
+async fn repeated_opens_folded() {
+    let _lock = ring_buffer_lock(true);
+    let mut probe = load_probe_with(ProbeOptions::default());
+    let fixture = Fixture::new();
+    let token = fixture.kubelet_volume("aws-iam-token").join("token");
+    let opens = 200;
+    let ops = format!("openat read {opens} {}", token.display());
+
+    // 200 opens take well under the one-second window, so one event is sent.
+    let (events, report) = run_opener(&mut probe, &fixture, false, &ops, 1).await;
+    let pid = report["pid"].parse().unwrap();
+    let more = events_from(&mut probe, pid, 1, Duration::from_secs(1)).await;
+    let counters = probe.counters().unwrap();
+
+    assert_eq!(events.len(), 1, "one event for the first open");
+    assert!(more.is_empty(), "no event for the repeats: {more:?}");
+    assert_eq!(counters.submitted, 1, "{counters:?}");
+    assert_eq!(counters.repeats, opens - 1, "{counters:?}");
+    assert_eq!(counters.lost, 0, "{counters:?}");
+}
+
+#[tokio::test]
+async fn flood_keeps_other_reader() {
+    let _lock = ring_buffer_lock(true);
+    let mut probe = load_probe_with(ProbeOptions::default());
+    let fixture = Fixture::new();
+    let token = fixture.kubelet_volume("aws-iam-token").join("token");
+
+    // Nothing reads the ring buffer while both run. One process opening the token 5000 times
+    // would fill it without the repeat window, and the second reader's event would be lost.
+    let mut flood = Command::new(test_binary());
+    flood
+        .args(opener_args())
+        .env(OPENER_ENV, format!("openat read 5000 {}", token.display()));
+    wait_success(spawn(flood));
+    let ops = format!("openat read 1 {}", token.display());
+    let (events, _) = run_opener(&mut probe, &fixture, false, &ops, 1).await;
+    let counters = probe.counters().unwrap();
+
+    assert_eq!(events.len(), 1, "the second reader's open is reported");
+    assert_eq!(counters.lost, 0, "{counters:?}");
+    assert!(
+        counters.repeats >= 4998,
+        "the flood was folded: {counters:?}"
+    );
 }
 
 #[test]

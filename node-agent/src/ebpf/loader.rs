@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TracePoint};
@@ -42,11 +43,32 @@ const TRACEPOINTS: [Tracepoint; 3] = [
 
 const EVENTS_MAP: &str = "events";
 const COUNTERS_MAP: &str = "counters";
+/// Global of the eBPF program that [`ProbeOptions::repeat_window`] sets.
+const REPEAT_WINDOW_GLOBAL: &str = "repeat_window_ns";
 
 /// Indexes of the counters map (`enum tg_counter` in `tokenguard.h`).
 const COUNTER_LOST: u32 = 0;
 const COUNTER_PATH_FILTERED: u32 = 1;
 const COUNTER_SUBMITTED: u32 = 2;
+const COUNTER_REPEATS: u32 = 3;
+
+/// Settings of the kernel program, fixed when it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Read-opens of one file by one process within this time of its last event are counted
+    /// in [`Counters::repeats`] instead of sent. Zero sends every open.
+    pub repeat_window: Duration,
+}
+
+impl Default for ProbeOptions {
+    /// Sets a one-second window: a process that re-reads its token in a loop costs at most one
+    /// event a second, and the agent folds those into one event while a post is in flight.
+    fn default() -> Self {
+        ProbeOptions {
+            repeat_window: Duration::from_secs(1),
+        }
+    }
+}
 
 struct Tracepoint {
     program: &'static str,
@@ -128,9 +150,14 @@ impl std::fmt::Debug for Probe {
 }
 
 impl Probe {
-    /// Loads the eBPF object, attaches it to every available open syscall exit tracepoint and
-    /// opens the ring buffer. Needs root and a tokio runtime.
+    /// Loads the eBPF object with the default [`ProbeOptions`], attaches it to every available
+    /// open syscall exit tracepoint and opens the ring buffer. Needs root and a tokio runtime.
     pub fn load() -> Result<Probe, ProbeError> {
+        Probe::load_with(ProbeOptions::default())
+    }
+
+    /// Loads and attaches the eBPF object like [`Probe::load`], with `options`.
+    pub fn load_with(options: ProbeOptions) -> Result<Probe, ProbeError> {
         // Check the environment first, so the common mistakes get a precise error.
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ProbeError::NoRuntime);
@@ -138,7 +165,11 @@ impl Probe {
         let tracefs = find_tracefs().ok_or(ProbeError::TracefsMissing)?;
 
         // Loading relocates the CO-RE field accesses against /sys/kernel/btf/vmlinux.
-        let mut ebpf = Ebpf::load(OBJECT).map_err(ProbeError::Load)?;
+        let window_ns = u64::try_from(options.repeat_window.as_nanos()).unwrap_or(u64::MAX);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(REPEAT_WINDOW_GLOBAL, &window_ns, true)
+            .load(OBJECT)
+            .map_err(ProbeError::Load)?;
         let mut tracepoints = Vec::new();
         for tracepoint in &TRACEPOINTS {
             if attach(&mut ebpf, &tracefs, tracepoint)? {
@@ -222,6 +253,7 @@ impl Probe {
             lost: read(COUNTER_LOST)?,
             path_filtered: read(COUNTER_PATH_FILTERED)?,
             submitted: read(COUNTER_SUBMITTED)?,
+            repeats: read(COUNTER_REPEATS)?,
         })
     }
 

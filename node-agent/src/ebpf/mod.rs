@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use loader::{Probe, ProbeError, check_relocations};
+pub use loader::{Probe, ProbeError, ProbeOptions, check_relocations};
 pub use path::clean_token_path;
 pub use raw::{DecodeError, OpenSyscall, TokenOpen};
 
@@ -50,4 +50,6 @@ pub struct Counters {
     pub path_filtered: u64,
     /// Records written to the ring buffer.
     pub submitted: u64,
+    /// Token opens folded into an earlier event of the same process and file.
+    pub repeats: u64,
 }
