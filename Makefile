@@ -29,7 +29,7 @@ lint: setup
 test: lint
 	$(CARGO) test --workspace --no-fail-fast
 	scripts/debian-kernel.sh $(KERNEL_DIR) >/dev/null
-	TOKENGUARD_TEST_BTF=$(KERNEL_DIR)/vmlinux.btf \
+	TOKENGUARD_TEST_BTF=$(CURDIR)/$(KERNEL_DIR)/vmlinux.btf \
 		$(CARGO) test --workspace --no-fail-fast -- --ignored
 
 fmt:
