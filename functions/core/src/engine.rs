@@ -1,5 +1,7 @@
 //! The new-value decision for each token read.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 use tokenguard_schema::{Node, Outcome, OutcomeStatus, TokenRead};
@@ -254,7 +256,9 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
     /// Decides every event of a batch, one outcome each.
     ///
     /// An event that fails validation or processing gets its own outcome and
-    /// never stops the rest.
+    /// never stops the rest. A valid event whose `event_id` an earlier valid
+    /// event of the batch had gets a `duplicate` outcome without processing,
+    /// so one id never raises two findings.
     pub async fn process_batch(
         &self,
         node: &Node,
@@ -263,6 +267,7 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
     ) -> (Vec<Outcome>, Vec<Finding>) {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut findings = Vec::new();
+        let mut seen_ids = HashSet::new();
         for event in events {
             let read = match event {
                 Ok(read) => read,
@@ -275,6 +280,19 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
                     continue;
                 }
             };
+            if !seen_ids.insert(read.event_id.as_str()) {
+                debug!(event_id = %read.event_id, "event id repeated within its batch");
+                outcomes.push(Outcome::with_status(
+                    &read.event_id,
+                    OutcomeStatus::Duplicate,
+                    Some(format!(
+                        "event_id {:?} repeats an earlier event of this batch: \
+                         only the first was processed",
+                        read.event_id
+                    )),
+                ));
+                continue;
+            }
             let outcome = match self.process(node, read, now).await {
                 Ok(Decision::Finding(finding)) => {
                     let outcome =

@@ -1,5 +1,6 @@
 //! Alert text for a finding, per delivery protocol.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use crate::finding::{Finding, Rule};
@@ -25,7 +26,7 @@ pub fn render_alert(finding: &Finding) -> AlertMessage {
     let severity = finding.severity.as_str().to_uppercase();
     let mut subject = format!(
         "[tokenguard {severity}] {} read the AWS token of {}",
-        finding.process.comm,
+        printable(&finding.process.comm),
         where_(finding)
     );
     if subject.chars().count() > SUBJECT_MAX {
@@ -34,8 +35,8 @@ pub fn render_alert(finding: &Finding) -> AlertMessage {
 
     let default = format!(
         "tokenguard {severity}: {} ({}) read the {} token of {} on node {} [{}]",
-        finding.process.exe,
-        finding.process.comm,
+        printable(&finding.process.exe),
+        printable(&finding.process.comm),
         finding.token.kind.as_str(),
         where_(finding),
         finding.node,
@@ -91,28 +92,32 @@ fn email_text(finding: &Finding) -> String {
     let _ = writeln!(
         text,
         "{} (pid {}) opened the {} token at {}.",
-        process.exe,
+        printable(&process.exe),
         process.pid,
         finding.token.kind.as_str(),
-        finding.token.path
+        printable(&finding.token.path)
     );
     let _ = writeln!(text, "{}", why_it_matters(finding.rule));
     let _ = writeln!(text);
 
     let _ = writeln!(text, "Process");
-    let _ = writeln!(text, "  exe:     {}", process.exe);
-    let _ = writeln!(text, "  comm:    {}", process.comm);
+    let _ = writeln!(text, "  exe:     {}", printable(&process.exe));
+    let _ = writeln!(text, "  comm:    {}", printable(&process.comm));
     let _ = writeln!(text, "  pid:     {}  uid: {}", process.pid, process.uid);
+    let args: Vec<_> = process.args.iter().map(|arg| printable(arg)).collect();
     let args = if process.args_truncated {
-        format!("{} …", process.args.join(" "))
+        format!("{} …", args.join(" "))
     } else {
-        process.args.join(" ")
+        args.join(" ")
     };
     let _ = writeln!(text, "  args:    {args}");
     let parent = process
         .parent
         .as_ref()
-        .map(|p| format!("{} (pid {}, {})", p.exe, p.pid, p.comm))
+        .map(|p| {
+            let (exe, comm) = (printable(&p.exe), printable(&p.comm));
+            format!("{exe} (pid {}, {comm})", p.pid)
+        })
         .unwrap_or_else(unknown);
     let _ = writeln!(text, "  parent:  {parent}");
     let _ = writeln!(text);
@@ -173,8 +178,8 @@ fn email_text(finding: &Finding) -> String {
             let _ = writeln!(
                 text,
                 "    {} ({}), last seen {}",
-                known.exe,
-                known.comm,
+                printable(&known.exe),
+                printable(&known.comm),
                 known.last_seen.to_rfc3339()
             );
         }
@@ -183,7 +188,7 @@ fn email_text(finding: &Finding) -> String {
 
     let _ = writeln!(text, "Triage");
     for (number, step) in finding.triage.iter().enumerate() {
-        let _ = writeln!(text, "  {}. {step}", number + 1);
+        let _ = writeln!(text, "  {}. {}", number + 1, printable(step));
     }
     let _ = writeln!(text);
     let _ = writeln!(
@@ -195,6 +200,32 @@ fn email_text(finding: &Finding) -> String {
         finding.mitre.technique.name
     );
     text
+}
+
+/// Escapes the control and bidirectional-formatting characters of a value
+/// that a process chose, such as its path or arguments, so that the value
+/// cannot start a line of its own in the alert or reorder the text around it.
+fn printable(value: &str) -> Cow<'_, str> {
+    if !value.chars().any(needs_escape) {
+        return Cow::Borrowed(value);
+    }
+    let mut escaped = String::with_capacity(value.len() + 16);
+    for c in value.chars() {
+        if needs_escape(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 fn why_it_matters(rule: Rule) -> &'static str {

@@ -10,7 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use tokenguard_core::{BaselineStore, Engine, Notifier};
-use tokenguard_schema::{BatchEnvelope, BatchResponse, OutcomeStatus, SCHEMA_VERSION, TokenRead};
+use tokenguard_schema::{
+    BatchEnvelope, BatchResponse, OutcomeStatus, SCHEMA_VERSION, TokenRead, ValidationError,
+};
 use tracing::{info, warn};
 
 /// Status code and JSON body of a response.
@@ -52,7 +54,8 @@ fn decode_body(request: &LambdaFunctionUrlRequest) -> Result<Vec<u8>, Reply> {
         ));
     }
     if let Some(content_type) = request.headers.get(header::CONTENT_TYPE) {
-        let content_type = content_type.to_str().unwrap_or("");
+        let content_type = String::from_utf8_lossy(content_type.as_bytes());
+        let content_type = content_type.as_ref();
         if !is_json(content_type) {
             warn!(content_type, "request rejected: not JSON");
             return Err(Reply::error(
@@ -71,7 +74,13 @@ fn decode_body(request: &LambdaFunctionUrlRequest) -> Result<Vec<u8>, Reply> {
     }
     BASE64.decode(body).map_err(|error| {
         warn!(%error, "request rejected: invalid base64 body");
-        Reply::error(400, format!("invalid base64 request body: {error}"))
+        Reply::error(
+            400,
+            format!(
+                "invalid base64 request body ({error}): send standard base64 \
+                 or set isBase64Encoded to false"
+            ),
+        )
     })
 }
 
@@ -90,9 +99,11 @@ fn is_json(content_type: &str) -> bool {
 
 /// Runs a batch body through the engine.
 ///
-/// A body that is not a batch gets 400. Otherwise the reply is 200 with one
-/// outcome per event, unless every event failed on a dependency: then it is
-/// 503, with the same outcomes, so the sender backs off before retrying.
+/// A body that is not a batch gets 400, or 413 when it exceeds
+/// [`tokenguard_schema::MAX_BATCH_BYTES`]. Otherwise the reply is 200 with
+/// one outcome per event, unless every event failed on a dependency: then it
+/// is 503, with the same outcomes, so the sender backs off before retrying.
+/// Events are detected at `now`, which also bounds their `observed_at`.
 pub async fn handle_batch<S: BaselineStore, N: Notifier>(
     engine: &Engine<S, N>,
     body: &[u8],
@@ -102,7 +113,11 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier>(
         Ok(envelope) => envelope,
         Err(error) => {
             warn!(%error, "batch rejected");
-            return Reply::error(400, error.to_string());
+            let status = match error {
+                ValidationError::TooLarge(_) => 413,
+                _ => 400,
+            };
+            return Reply::error(status, error.to_string());
         }
     };
 
@@ -111,7 +126,7 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier>(
         .iter()
         .enumerate()
         .map(|(index, raw)| {
-            TokenRead::parse(raw).map_err(|(event_id, error)| {
+            TokenRead::parse(raw, now).map_err(|(event_id, error)| {
                 let event_id = event_id.unwrap_or_else(|| format!("events[{index}]"));
                 (event_id, error.to_string())
             })
@@ -122,16 +137,27 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier>(
 
     let count = |status| outcomes.iter().filter(|o| o.status == status).count();
     let failed = count(OutcomeStatus::Failed);
+    let invalid = count(OutcomeStatus::Invalid);
     info!(
         node = %envelope.node.name,
         events = outcomes.len(),
         accepted = count(OutcomeStatus::Accepted),
         duplicate = count(OutcomeStatus::Duplicate),
-        invalid = count(OutcomeStatus::Invalid),
+        invalid,
         failed,
         findings = findings.len(),
         "batch processed"
     );
+    // One line per batch, so that a sender with a bug cannot flood the log.
+    if let Some(first) = outcomes.iter().find(|o| o.status == OutcomeStatus::Invalid) {
+        warn!(
+            node = %envelope.node.name,
+            invalid,
+            event_id = %first.event_id,
+            reason = first.reason.as_deref().unwrap_or_default(),
+            "events rejected as invalid; the first is shown"
+        );
+    }
 
     let status = if failed > 0 && failed == outcomes.len() {
         503

@@ -19,6 +19,7 @@ use tokenguard_detector::dynamodb::attributes::{
 use tokenguard_detector::dynamodb::value_sk;
 use tokenguard_detector::{DynamoStore, create_tables};
 use tokenguard_e2e::moto::MotoServer;
+use tokenguard_schema::MAX_EXE_LEN;
 use tokio::sync::Barrier;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -243,6 +244,40 @@ async fn live_item_is_known() {
     let item = get_value_item(&store, &key).await;
     assert_eq!(item[LAST_EVENT_ID], AttributeValue::S("e-next".to_owned()));
     assert_eq!(item[SIGHTINGS], AttributeValue::N("8".to_owned()));
+}
+
+/// Keys of the longest names and executable that validation accepts fit
+/// DynamoDB's key limits (2048 bytes for `pk`, 1024 for `sk`), which moto
+/// enforces as well.
+#[tokio::test]
+async fn longest_valid_keys_stored() {
+    let store = new_store(moto()).await;
+    let name = "n".repeat(253);
+    let mut read = sample_read(
+        &format!("/{}", "e".repeat(MAX_EXE_LEN - 1)),
+        "c".repeat(15).as_str(),
+    );
+    read.event_id = "boot-1:1".to_owned();
+    read.cluster = name.clone();
+    let pod = read.pod.as_mut().unwrap();
+    pod.namespace = Some(name.clone());
+    let owner = pod.owner.as_mut().unwrap();
+    owner.kind = name.clone();
+    owner.name = name.clone();
+    read.container.as_mut().unwrap().name = Some(name.clone());
+    assert_eq!(read.validate(read.observed_at), Ok(()));
+
+    let key = BaselineKey::of(&read);
+    let sighting = store
+        .record_value(&key, "e-long", 1, at(0), 28 * DAY, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(sighting, ValueSighting::New);
+    let scope = store
+        .record_scope(&key.scope.key, "e-long", at(0), 28 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(scope.first_event_id, "e-long");
 }
 
 #[tokio::test]

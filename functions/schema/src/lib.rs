@@ -4,6 +4,10 @@
 //! with a [`BatchResponse`] holding one [`Outcome`] per event. The detector
 //! parses a body as a [`BatchEnvelope`] first, so that one malformed event is
 //! rejected on its own while the rest of its batch is processed.
+//!
+//! Decoding ignores unknown fields at every level, so an agent can add an
+//! optional field without waiting for every detector to know it. A change
+//! that a detector must not ignore needs a new [`SCHEMA_VERSION`].
 
 mod validate;
 
@@ -11,7 +15,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use validate::{MAX_ARGS, MAX_BATCH_EVENTS, ValidationError};
+pub use validate::{
+    MAX_ARGS, MAX_ARGS_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_CLOCK_SKEW, MAX_EVENT_AGE,
+    MAX_EXE_LEN, ValidationError,
+};
 
 /// Version of the wire schema, carried in every batch as `schema`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -52,6 +59,7 @@ pub struct Node {
 pub struct TokenRead {
     /// Unique per node boot (`<boot id>:<sequence>`), so retries are idempotent.
     pub event_id: String,
+    #[serde(deserialize_with = "validate::deserialize_time")]
     pub observed_at: DateTime<Utc>,
     pub cluster: String,
     pub token: Token,
@@ -109,9 +117,9 @@ pub struct Process {
     pub pid: u32,
     /// Kernel command name, at most 15 bytes.
     pub comm: String,
-    /// Executable path as the process sees it.
+    /// Executable path as the process sees it, at most [`MAX_EXE_LEN`] bytes.
     pub exe: String,
-    /// Command line, truncated to [`MAX_ARGS`] entries and a byte budget.
+    /// Command line, truncated to [`MAX_ARGS`] entries and [`MAX_ARGS_BYTES`].
     #[serde(default)]
     pub args: Vec<String>,
     /// Whether `args` was cut short.
@@ -121,6 +129,7 @@ pub struct Process {
     /// Start time in clock ticks since boot, as in field 22 of
     /// `/proc/<pid>/stat`; with `pid` it names one process across pid reuse.
     pub start_time: u64,
+    /// The parent process, which has no `parent` of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Box<Process>>,
 }
@@ -172,10 +181,11 @@ pub struct BatchResponse {
 /// What the detector did with one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// The event's `event_id`, or `events[<index>]` when it had none.
+    /// The event's `event_id`, or `events[<index>]` when it had no valid one.
     pub event_id: String,
     pub status: OutcomeStatus,
-    /// Why the event was rejected, for `invalid`.
+    /// Why the event was not accepted: set for `invalid` and `failed`, and for
+    /// a `duplicate` of an earlier event in the same batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The finding this event raised, if any.

@@ -257,6 +257,49 @@ async fn batch_invalid_event_isolated() {
 }
 
 #[tokio::test]
+async fn batch_repeated_id_once() {
+    let engine = engine("0s", "28d");
+    let events = vec![
+        Ok(at_hour(read("/bin/a", "a"), 0, "b:1")),
+        Ok(at_hour(read("/bin/b", "b"), 0, "b:2")),
+        Ok(at_hour(read("/bin/c", "c"), 0, "b:2")),
+    ];
+    let (outcomes, findings) = engine.process_batch(&node(), &events, at(0)).await;
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes[1].status, OutcomeStatus::Accepted);
+    assert_eq!(outcomes[2].status, OutcomeStatus::Duplicate);
+    assert_eq!(outcomes[2].event_id, "b:2");
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].process.exe, "/bin/b");
+    assert_eq!(sent(&engine).len(), 1);
+}
+
+#[tokio::test]
+async fn alert_escapes_process_strings() {
+    let mut finding = sample_finding().await;
+    finding.process.exe = "/tmp/x\nSeverity: low".to_owned();
+    finding.process.comm = "\u{1b}[2J".to_owned();
+    finding.process.args = vec!["\u{202e}fdp.exe".to_owned()];
+    finding.token.path = "/t\r\n".to_owned();
+    finding.baseline.known_values[0].exe = "/bin/\u{7}".to_owned();
+    let alert = render_alert(&finding);
+
+    let severities: Vec<_> = alert
+        .email
+        .lines()
+        .filter(|line| line.starts_with("Severity:"))
+        .collect();
+    assert_eq!(severities, vec!["Severity: medium"]);
+    assert!(alert.email.contains("  exe:     /tmp/x\\nSeverity: low\n"));
+    assert!(alert.email.contains("  comm:    \\u{1b}[2J\n"));
+    assert!(alert.email.contains("  args:    \\u{202e}fdp.exe\n"));
+    assert!(alert.email.contains("token at /t\\r\\n."));
+    assert!(alert.email.contains("    /bin/\\u{7} (python3)"));
+    assert!(!alert.default.contains('\n'));
+    assert!(!alert.subject.contains('\u{1b}'));
+}
+
+#[tokio::test]
 async fn memory_store_conformance() {
     conformance::new_then_known(&MemoryStore::new()).await;
     conformance::forgotten_value_is_new(&MemoryStore::new()).await;
