@@ -226,7 +226,7 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
                     .collect(),
             },
             mitre: Mitre::credentials_in_files(),
-            triage: triage_steps(rule, &read.process, read.pod.as_ref()),
+            triage: triage_steps(rule, &read.cluster, &read.process, read.pod.as_ref()),
         };
 
         let record = FindingRecord {

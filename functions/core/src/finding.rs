@@ -149,22 +149,30 @@ pub fn finding_id(key: &BaselineKey, event_id: &str) -> String {
 }
 
 /// Triage steps for a finding, most useful first.
-pub(crate) fn triage_steps(rule: Rule, process: &Process, pod: Option<&Pod>) -> Vec<String> {
+pub(crate) fn triage_steps(
+    rule: Rule,
+    cluster: &str,
+    process: &Process,
+    pod: Option<&Pod>,
+) -> Vec<String> {
     let mut steps = Vec::new();
-    let target = match pod.and_then(|p| p.namespace.as_ref().zip(p.name.as_ref())) {
-        Some((namespace, name)) => format!("-n {namespace} {name}"),
-        None => "<namespace>/<pod>".to_owned(),
-    };
+    let (namespace, name) = pod
+        .and_then(|p| p.namespace.as_deref().zip(p.name.as_deref()))
+        .unwrap_or(("<namespace>", "<pod>"));
     match rule {
         Rule::UnfamiliarProcessTokenRead => {
             steps.push(format!(
                 "Check whether {} (pid {}) belongs to the workload: compare it with the \
-                 container image and recent deploys (kubectl describe pod {target}).",
+                 container image and recent deploys (kubectl describe pod -n {namespace} {name}).",
                 process.exe, process.pid
             ));
+            // Exec sessions leave no Kubernetes events, only audit log entries.
             steps.push(format!(
-                "Look for an exec session or a new binary: kubectl get events {target}, and the \
-                 parent process {}.",
+                "Look for an exec session into the pod: with EKS audit logging on, CloudWatch \
+                 Logs group /aws/eks/{cluster}/cluster records each pods/exec request for \
+                 {namespace}/{name} with its user. Then check the parent process {}, and \
+                 kubectl get events -n {namespace} --field-selector involvedObject.name={name} \
+                 for restarts or image changes.",
                 process
                     .parent
                     .as_ref()
