@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokenguard_schema::{Container, Node, Pod, TokenRead};
+use tokenguard_schema::{Container, MAX_IMAGE_LEN, Node, Pod, TokenRead};
 use tracing::debug;
 
 use crate::cgroup::{CgroupInfo, CgroupResolver, parse_cgroup_path, read_proc_cgroup};
@@ -145,7 +145,7 @@ impl Enricher {
                     && let Some(known) = info.containers.get(&container.id)
                 {
                     container.name = Some(known.name.clone());
-                    container.image = Some(known.image.clone());
+                    container.image = usable_image(&known.image);
                     container
                         .runtime
                         .get_or_insert_with(|| known.runtime.clone());
@@ -213,4 +213,35 @@ fn cgroup_of(
         return parse_cgroup_path(&path);
     }
     CgroupInfo::default()
+}
+
+/// Returns the image reference when the detector accepts it: Kubernetes sets
+/// no length limit, and a longer or control-character image would make the
+/// whole event invalid.
+fn usable_image(image: &str) -> Option<String> {
+    let usable =
+        !image.is_empty() && image.len() <= MAX_IMAGE_LEN && !image.chars().any(char::is_control);
+    usable.then(|| image.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_kept_when_valid() {
+        let image = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/api:1.4.2";
+        assert_eq!(usable_image(image).as_deref(), Some(image));
+    }
+
+    #[test]
+    fn image_dropped_when_invalid() {
+        assert_eq!(usable_image(""), None, "empty");
+        assert_eq!(
+            usable_image(&"a".repeat(MAX_IMAGE_LEN + 1)),
+            None,
+            "too long"
+        );
+        assert_eq!(usable_image("api:1\n2"), None, "control character");
+    }
 }

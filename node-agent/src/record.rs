@@ -3,13 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use tokenguard_schema::{MAX_ARGS, Process};
+use tokenguard_schema::{MAX_ARGS, MAX_ARGS_BYTES, MAX_EXE_LEN, Process};
 
 use crate::procfs::{ProcFs, boot_ns_to_ticks};
-
-/// Total bytes of command-line arguments kept per process, after which
-/// arguments are cut and `args_truncated` is set.
-pub const MAX_ARGS_BYTES: usize = 4096;
 
 /// Maximum length of a kernel command name (`TASK_COMM_LEN` minus the NUL).
 const MAX_COMM_BYTES: usize = 15;
@@ -138,7 +134,7 @@ pub fn build_process(record: &OpenRecord, procfs: &ProcFs, ticks_per_second: u64
 
     let exe = non_empty(&record.exe)
         .or_else(|| alive().then(|| procfs.exe(record.tgid).ok()).flatten())
-        .unwrap_or_else(|| UNKNOWN_EXE.to_owned());
+        .map_or_else(|| UNKNOWN_EXE.to_owned(), exe_path);
 
     let (mut args, mut args_truncated) = (record.args.clone(), record.args_truncated);
     if args.is_empty()
@@ -181,7 +177,7 @@ fn build_parent(record: &OpenRecord, procfs: &ProcFs, ticks_per_second: u64) -> 
 
     let exe = non_empty(&record.parent_exe)
         .or_else(|| alive.then(|| procfs.exe(pid).ok()).flatten())
-        .unwrap_or_else(|| UNKNOWN_EXE.to_owned());
+        .map_or_else(|| UNKNOWN_EXE.to_owned(), exe_path);
     let comm = non_empty(&record.parent_comm)
         .or_else(|| alive.then(|| procfs.comm(pid).ok()).flatten())
         .unwrap_or_default();
@@ -222,9 +218,33 @@ fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
 }
 
+/// Returns an executable path that the schema accepts: `exe` cut at its
+/// first NUL and to [`MAX_EXE_LEN`] bytes, or [`UNKNOWN_EXE`] when it is not
+/// absolute.
+///
+/// NOTE: two paths that share their first `MAX_EXE_LEN` bytes become the same
+/// `exe`, so the detector cannot tell them apart.
+fn exe_path(mut exe: String) -> String {
+    cut_at_nul(&mut exe);
+    if !exe.starts_with('/') {
+        return UNKNOWN_EXE.to_owned();
+    }
+    truncate_utf8(&mut exe, MAX_EXE_LEN);
+    exe
+}
+
+/// Cuts `value` at its first NUL. Kernel strings end there, and the schema
+/// rejects a NUL in a name or path.
+fn cut_at_nul(value: &mut String) {
+    if let Some(end) = value.find('\0') {
+        value.truncate(end);
+    }
+}
+
 /// Returns a command name of 1 to 15 bytes, as the schema requires: `comm`, or the
 /// executable's file name when `comm` is empty.
-fn command_name(comm: String, exe: &str) -> String {
+fn command_name(mut comm: String, exe: &str) -> String {
+    cut_at_nul(&mut comm);
     let mut name = if comm.is_empty() {
         exe.rsplit('/').next().unwrap_or_default().to_owned()
     } else {
@@ -356,6 +376,66 @@ mod tests {
         );
         assert_eq!(command_name(String::new(), UNKNOWN_EXE), "[unknown]");
         assert_eq!(command_name("curl".to_owned(), "/x"), "curl");
+    }
+
+    #[test]
+    fn exe_cut_to_max_len() {
+        // 'é' is two bytes, so byte `MAX_EXE_LEN` falls inside a character.
+        let long = format!("/{}", "é".repeat(MAX_EXE_LEN));
+        let exe = exe_path(long);
+        assert!(exe.len() <= MAX_EXE_LEN, "{} bytes", exe.len());
+        assert_eq!(exe.len(), MAX_EXE_LEN - 1);
+        assert!(exe.starts_with("/éé"));
+    }
+
+    #[test]
+    fn exe_short_kept() {
+        assert_eq!(exe_path("/usr/bin/python3".to_owned()), "/usr/bin/python3");
+    }
+
+    #[test]
+    fn exe_cut_at_nul() {
+        assert_eq!(exe_path("/bin/sh\0junk".to_owned()), "/bin/sh");
+    }
+
+    #[test]
+    fn exe_relative_replaced() {
+        assert_eq!(exe_path("python3".to_owned()), UNKNOWN_EXE);
+    }
+
+    #[test]
+    fn comm_cut_at_nul() {
+        assert_eq!(command_name("sh\0x".to_owned(), "/bin/dash"), "sh");
+        assert_eq!(command_name("\0x".to_owned(), "/bin/dash"), "dash");
+    }
+
+    #[test]
+    fn process_exe_capped() {
+        let procfs = ProcFs::new("/nonexistent-proc");
+        let mut record = record();
+        record.exe = format!("/{}", "a".repeat(2 * MAX_EXE_LEN));
+        record.parent_exe = format!("/{}", "b".repeat(2 * MAX_EXE_LEN));
+        let process = build_process(&record, &procfs, 100);
+        assert_eq!(process.exe.len(), MAX_EXE_LEN);
+        let parent = process.parent.expect("ppid 48190 gives a parent");
+        assert_eq!(parent.exe.len(), MAX_EXE_LEN);
+    }
+
+    #[test]
+    fn process_passes_schema_validation() {
+        let procfs = ProcFs::new("/nonexistent-proc");
+        let mut record = record();
+        // Lossy decoding of kernel bytes triples each invalid byte, so decoded
+        // fields may exceed the kernel's own limits.
+        record.exe = format!("/{}", "\u{fffd}".repeat(MAX_EXE_LEN));
+        record.parent_exe = format!("/{}\0tail", "x".repeat(MAX_EXE_LEN));
+        record.comm = "\u{fffd}".repeat(15);
+        record.args = vec!["\u{fffd}".repeat(MAX_ARGS_BYTES); 2];
+        let process = build_process(&record, &procfs, 100);
+        let mut read = tokenguard_core::conformance::sample_read("/bin/a", "a");
+        read.process = process;
+        let now = read.observed_at;
+        assert_eq!(read.validate(now), Ok(()));
     }
 
     #[test]

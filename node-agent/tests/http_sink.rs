@@ -9,14 +9,17 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use sha2::{Digest, Sha256};
 use tokenguard_agent::Metrics;
 use tokenguard_agent::sink::{HttpSink, HttpSinkConfig};
 use tokenguard_core::conformance::sample_read;
-use tokenguard_schema::{Batch, BatchResponse, Node, Outcome, OutcomeStatus, TokenRead};
+use tokenguard_schema::{
+    Batch, BatchResponse, MAX_ARGS_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Node, Outcome,
+    OutcomeStatus, TokenRead,
+};
 
 /// The server's response to one request.
 #[derive(Debug, Clone)]
@@ -73,6 +76,10 @@ async fn detector(
         headers,
         body: body.clone(),
     });
+    // The detector's own limit, checked before any scripted response.
+    if body.len() > MAX_BATCH_BYTES {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    }
     let answer = recorder
         .script
         .lock()
@@ -117,6 +124,7 @@ async fn start_detector(script: Vec<Answer>) -> (SocketAddr, Arc<Recorder>) {
     });
     let app = axum::Router::new()
         .route("/", axum::routing::post(detector))
+        .layer(DefaultBodyLimit::disable())
         .with_state(recorder.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -315,4 +323,126 @@ async fn full_queue_drops_and_counts() {
 
     assert_eq!(Metrics::get(&metrics.events_dropped_queue_full), 1);
     assert_eq!(Metrics::get(&metrics.events_posted), 3);
+}
+
+/// Builds a read by process `id`, so reads do not fold, with `args` of the
+/// maximum size for the reader and its parent.
+fn long_read(id: u32) -> TokenRead {
+    let mut read = read(id, "/usr/bin/python3");
+    read.process.pid = id;
+    read.process.args = vec!["x".repeat(MAX_ARGS_BYTES)];
+    if let Some(parent) = read.process.parent.as_mut() {
+        parent.args = vec!["y".repeat(MAX_ARGS_BYTES)];
+    }
+    read
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn batches_split_by_body_size() {
+    let (addr, recorder) = start_detector(vec![]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    // About 8 KiB each, so 500 events exceed the body limit.
+    for id in 1..=600 {
+        sink.submit(long_read(id));
+    }
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert!(requests.len() >= 2, "{} requests", requests.len());
+    let mut ids = Vec::new();
+    for request in &requests {
+        assert!(
+            request.body.len() <= MAX_BATCH_BYTES,
+            "body of {} bytes",
+            request.body.len()
+        );
+        let batch = request.batch();
+        assert!(batch.events.len() <= MAX_BATCH_EVENTS);
+        ids.extend(batch.events.into_iter().map(|event| event.process.pid));
+    }
+    assert!(
+        requests[0].batch().events.len() < MAX_BATCH_EVENTS,
+        "the first batch is cut by size, not by count"
+    );
+    assert_eq!(
+        ids,
+        (1..=600).collect::<Vec<u32>>(),
+        "each event once, in order"
+    );
+    assert_eq!(Metrics::get(&metrics.events_posted), 600);
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn batches_split_by_count() {
+    let (addr, recorder) = start_detector(vec![]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    for id in 1..=600 {
+        let mut read = read(id, "/usr/bin/python3");
+        read.process.pid = id;
+        sink.submit(read);
+    }
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].batch().events.len(), MAX_BATCH_EVENTS);
+    assert_eq!(requests[1].batch().events.len(), 100);
+    assert_eq!(Metrics::get(&metrics.events_posted), 600);
+}
+
+#[tokio::test]
+async fn oversized_event_dropped() {
+    let (addr, recorder) = start_detector(vec![]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    let mut huge = read(1, "/usr/bin/python3");
+    huge.process.args = vec!["x".repeat(MAX_BATCH_BYTES)];
+    sink.submit(huge);
+    sink.submit(read(2, "/bin/sh"));
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 1);
+    let events = requests[0].batch().events;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].process.exe, "/bin/sh");
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn payload_too_large_splits_batch() {
+    let too_large = Answer::Status(413, "Request must be smaller than 6291456 bytes");
+    let (addr, recorder) = start_detector(vec![too_large]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    for id in 1..=4 {
+        let mut read = read(id, "/usr/bin/python3");
+        read.process.pid = id;
+        sink.submit(read);
+    }
+    sink.close().await;
+
+    let requests = recorder.requests();
+    let sizes: Vec<usize> = requests.iter().map(|r| r.batch().events.len()).collect();
+    assert_eq!(sizes, [4, 2, 2]);
+    assert_eq!(Metrics::get(&metrics.events_posted), 4);
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 0);
+}
+
+#[tokio::test]
+async fn payload_too_large_single_event_dropped() {
+    let too_large = Answer::Status(413, "Request must be smaller than 6291456 bytes");
+    let (addr, recorder) = start_detector(vec![too_large]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(read(1, "/usr/bin/python3"));
+    wait_for_requests(&recorder, 1).await;
+    sink.submit(read(2, "/bin/sh"));
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].batch().events[0].process.exe, "/bin/sh");
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 1);
+    assert_eq!(Metrics::get(&metrics.post_failures), 0);
 }

@@ -59,6 +59,10 @@ pub const MAX_EVENT_AGE: TimeDelta = TimeDelta::hours(24);
 const MAX_ID_LEN: usize = 128;
 const MAX_NAME_LEN: usize = 253;
 const MAX_PATH_LEN: usize = 4096;
+
+/// Maximum length of `container.image` in bytes. Kubernetes sets no limit,
+/// so the agent leaves out a longer image rather than send an invalid event.
+pub const MAX_IMAGE_LEN: usize = 4096;
 const MAX_COMM_LEN: usize = 15;
 
 /// Bytes of an offending value that an error message repeats.
@@ -285,7 +289,7 @@ impl Container {
             check_name("container.name", name)?;
         }
         if let Some(image) = &self.image {
-            check_text("container.image", image, MAX_PATH_LEN)?;
+            check_text("container.image", image, MAX_IMAGE_LEN)?;
         }
         Ok(())
     }

@@ -3,6 +3,9 @@
 //! There is no batching delay: a read is posted as soon as it is seen. While
 //! a POST is in flight or waiting to retry, new reads queue up, identical
 //! ones fold into one event, and they go out together in the next POST.
+//!
+//! A POST carries at most [`MAX_BATCH_EVENTS`] events and [`MAX_BATCH_BYTES`]
+//! of body, because the detector rejects a larger batch whole.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,13 +13,14 @@ use std::time::Duration;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use reqwest::{StatusCode, Url};
 use tokenguard_schema::{
-    Batch, BatchResponse, MAX_BATCH_EVENTS, Node, OutcomeStatus, SCHEMA_VERSION, TokenRead,
+    Batch, BatchResponse, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Node, OutcomeStatus, SCHEMA_VERSION,
+    TokenRead,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
-use super::queue::{CoalescingQueue, Pushed};
+use super::queue::{CoalescingQueue, Pushed, SizedRead};
 use super::sigv4::Signer;
 use crate::metrics::Metrics;
 
@@ -79,6 +83,12 @@ pub enum HttpSinkError {
     /// The HTTP client could not be built (TLS setup).
     #[error("failed to build HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// The batch body without events already exceeds [`MAX_BATCH_BYTES`].
+    #[error(
+        "batch envelope of {0} bytes leaves no room for events under the limit of \
+         {MAX_BATCH_BYTES} bytes: shorten the node name, agent version or hook"
+    )]
+    EnvelopeTooLarge(usize),
 }
 
 #[derive(Debug)]
@@ -110,9 +120,19 @@ impl HttpSink {
             .user_agent(concat!("tokenguard-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(HttpSinkError::Client)?;
+        let envelope = Batch {
+            schema: SCHEMA_VERSION,
+            node: config.node.clone(),
+            events: Vec::new(),
+        };
+        let envelope_size = serde_json::to_vec(&envelope).map_or(usize::MAX, |body| body.len());
+        // Each event adds its own encoding and, after the first, a comma.
+        let max_events_size = MAX_BATCH_BYTES
+            .checked_sub(envelope_size)
+            .ok_or(HttpSinkError::EnvelopeTooLarge(envelope_size))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                queue: CoalescingQueue::new(config.max_queue),
+                queue: CoalescingQueue::new(config.max_queue, max_events_size),
                 closed: false,
             }),
             wake: Notify::new(),
@@ -123,6 +143,7 @@ impl HttpSink {
             shared: shared.clone(),
             client,
             metrics: metrics.clone(),
+            max_events_size,
             config,
         };
         Ok(HttpSink {
@@ -149,6 +170,13 @@ impl HttpSink {
             Pushed::Dropped => {
                 Metrics::add(&self.metrics.events_dropped_queue_full, 1);
                 debug!(event_id = %event_id, "send queue full; event dropped");
+            }
+            Pushed::TooLarge(size) => {
+                Metrics::add(&self.metrics.events_dropped_undeliverable, 1);
+                warn!(
+                    event_id = %event_id, bytes = size, limit = MAX_BATCH_BYTES,
+                    "event too large for any batch; dropping it"
+                );
             }
         }
         self.shared.wake.notify_one();
@@ -190,6 +218,8 @@ impl HttpSink {
 #[derive(Debug)]
 struct Pending {
     read: TokenRead,
+    /// Size of the event's JSON encoding in bytes.
+    size: usize,
     attempts: u32,
 }
 
@@ -197,6 +227,11 @@ struct Pending {
 #[derive(Debug)]
 enum PostResult {
     Answered(BatchResponse),
+    /// 413: the body was too large for the detector or for Lambda.
+    TooLarge {
+        status: StatusCode,
+        body: String,
+    },
     /// 400 and other 4xx that a retry cannot fix.
     Rejected {
         status: StatusCode,
@@ -209,12 +244,25 @@ enum PostResult {
     },
 }
 
+/// Result of one batch in [`Sender::deliver_part`].
+#[derive(Debug)]
+enum Delivery {
+    /// The detector returned outcomes, and failed events went to the retry list.
+    Answered,
+    /// Rejected or out of attempts, and counted as undeliverable.
+    Dropped,
+    /// Rejected with 413, and small enough to split.
+    TooLarge(Vec<Pending>),
+}
+
 struct Sender {
     config: HttpSinkConfig,
     signer: Signer,
     shared: Arc<Shared>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
+    /// Maximum bytes of the events of one body, separators included.
+    max_events_size: usize,
 }
 
 impl Sender {
@@ -232,23 +280,42 @@ impl Sender {
     }
 
     /// Waits for events and returns the next batch: events to retry first,
-    /// then the oldest queued ones. Returns `None` once closed and empty.
+    /// then the oldest queued ones, within the count and byte limits. Returns
+    /// `None` once closed and empty.
+    ///
+    /// Every event fits a body on its own, because the queue rejects larger
+    /// ones, so each batch takes at least one event.
     async fn next_batch(&self, retry: &mut Vec<Pending>) -> Option<Vec<Pending>> {
         let max = self.config.max_batch.clamp(1, MAX_BATCH_EVENTS);
         loop {
             let notified = self.shared.wake.notified();
             {
                 let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-                let from_retry = retry.len().min(max);
+                let mut bytes = 0;
+                let mut from_retry = 0;
+                for pending in retry.iter().take(max) {
+                    let added = usize::from(from_retry > 0) + pending.size;
+                    if bytes + added > self.max_events_size {
+                        break;
+                    }
+                    bytes += added;
+                    from_retry += 1;
+                }
                 let mut batch: Vec<Pending> = retry.drain(..from_retry).collect();
                 let room = max - batch.len();
-                batch.extend(
-                    state
-                        .queue
-                        .take(room)
-                        .into_iter()
-                        .map(|read| Pending { read, attempts: 0 }),
-                );
+                // A comma separates the first queued event from retried ones before it.
+                let separator = usize::from(!batch.is_empty());
+                let budget = self.max_events_size.saturating_sub(bytes + separator);
+                // Retried events go first, so queued ones wait until all fit.
+                if retry.is_empty() {
+                    batch.extend(state.queue.take(room, budget).into_iter().map(
+                        |SizedRead { read, size }| Pending {
+                            read,
+                            size,
+                            attempts: 0,
+                        },
+                    ));
+                }
                 if !batch.is_empty() {
                     return Some(batch);
                 }
@@ -260,10 +327,33 @@ impl Sender {
         }
     }
 
+    /// Posts `batch`, split in halves while the detector returns 413, and
+    /// returns the delay to wait before the next POST when events wait in
+    /// `retry`.
+    async fn deliver(&self, batch: Vec<Pending>, retry: &mut Vec<Pending>) -> Option<Duration> {
+        let mut parts = vec![batch];
+        let mut answered = false;
+        while let Some(part) = parts.pop() {
+            match self.deliver_part(part, retry).await {
+                Delivery::Answered => answered = true,
+                Delivery::Dropped => {}
+                Delivery::TooLarge(mut part) => {
+                    let second = part.split_off(part.len() / 2);
+                    parts.push(second);
+                    parts.push(part);
+                }
+            }
+        }
+        if !answered {
+            return None;
+        }
+        let worst = retry.iter().map(|p| p.attempts).max()?;
+        Some(self.backoff(worst, None))
+    }
+
     /// Posts `batch` until it gets a response, is rejected or runs out of
-    /// attempts. Events with outcome `failed` go to `retry`, and then the
-    /// delay to wait before the next POST is returned.
-    async fn deliver(&self, mut batch: Vec<Pending>, retry: &mut Vec<Pending>) -> Option<Duration> {
+    /// attempts. Events with outcome `failed` go to `retry`.
+    async fn deliver_part(&self, mut batch: Vec<Pending>, retry: &mut Vec<Pending>) -> Delivery {
         let mut attempt = batch.iter().map(|p| p.attempts).max().unwrap_or(0);
         loop {
             attempt += 1;
@@ -274,8 +364,25 @@ impl Sender {
             match self.post(&batch).await {
                 PostResult::Answered(response) => {
                     self.handle_outcomes(batch, response, retry);
-                    let worst = retry.iter().map(|p| p.attempts).max()?;
-                    return Some(self.backoff(worst, None));
+                    return Delivery::Answered;
+                }
+                PostResult::TooLarge { status, body } if batch.len() > 1 => {
+                    // Lambda limits the payload after it embeds the body, which
+                    // can grow more than the margin of `MAX_BATCH_BYTES`.
+                    warn!(
+                        status = status.as_u16(), events = batch.len(), error = %body,
+                        "detector rejected the batch as too large; splitting it"
+                    );
+                    return Delivery::TooLarge(batch);
+                }
+                PostResult::TooLarge { status, body } => {
+                    Metrics::add(&self.metrics.events_dropped_undeliverable, 1);
+                    let event_id = batch.first().map_or("-", |p| p.read.event_id.as_str());
+                    warn!(
+                        status = status.as_u16(), event_id, error = %body,
+                        "detector rejected the event as too large; dropping it"
+                    );
+                    return Delivery::Dropped;
                 }
                 PostResult::Rejected { status, body } => {
                     Metrics::add(
@@ -286,7 +393,7 @@ impl Sender {
                         status = status.as_u16(), events = batch.len(), error = %body,
                         "detector rejected the batch; dropping it"
                     );
-                    return None;
+                    return Delivery::Dropped;
                 }
                 PostResult::Retry {
                     reason,
@@ -302,7 +409,7 @@ impl Sender {
                             attempts = attempt, events = batch.len(), error = %reason,
                             "posting to the detector failed on every attempt; dropping the batch"
                         );
-                        return None;
+                        return Delivery::Dropped;
                     }
                     let delay = self.backoff(attempt, retry_after);
                     warn!(
@@ -457,6 +564,8 @@ impl Sender {
                 reason: format!("detector answered {status}: {body}"),
                 retry_after,
             }
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+            PostResult::TooLarge { status, body }
         } else {
             PostResult::Rejected { status, body }
         }
