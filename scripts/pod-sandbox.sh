@@ -27,6 +27,10 @@ kind=irsa
 if (($#)) && [[ $1 != -- ]]; then
     kind=$1
     shift
+    if [[ $action == exec && $kind != irsa && $kind != pod_identity ]]; then
+        echo "pod-sandbox: expected [irsa|pod_identity] -- CMD..., got \"$kind\": put -- before the command" >&2
+        exit 2
+    fi
 fi
 
 case $kind in
@@ -71,6 +75,10 @@ exec)
     [[ ${1:-} == -- ]] || usage
     shift
     (($#)) || usage
+    if [[ ! -d $cgroup_dir || ! -e $volume_dir/$file ]]; then
+        echo "pod-sandbox: no sandbox for pod $pod_uid under $kubelet_root: run setup first" >&2
+        exit 1
+    fi
     echo $$ >"$cgroup_dir/cgroup.procs"
     exec unshare --mount --propagation private -- sh -c '
         set -e
@@ -82,11 +90,15 @@ exec)
     ' pod-sandbox "$mount_path" "$volume_dir" "$@"
     ;;
 teardown)
-    # Remove the cgroup leaf first, then the slices the kubelet would own.
-    for dir in "$cgroup_dir" "$(dirname "$cgroup_dir")"; do
-        [[ -d $dir ]] && rmdir "$dir" 2>/dev/null || true
+    # Remove the cgroup leaf first, then each parent slice that is left
+    # empty, up to the cgroup root. A slice another sandbox still uses stays.
+    dir=$cgroup_dir
+    while [[ $dir != "$cgroup_root" && -d $dir ]]; do
+        rmdir "$dir" 2>/dev/null || break
+        dir=$(dirname "$dir")
     done
     rm -rf "$kubelet_root/pods/$pod_uid"
+    rmdir "$kubelet_root/pods" "$kubelet_root" 2>/dev/null || true
     ;;
 *)
     usage
