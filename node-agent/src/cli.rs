@@ -13,9 +13,7 @@ use crate::cgroup::{DEFAULT_CGROUP_ROOT, find_cgroup2_mount};
 use crate::classify::DEFAULT_KUBELET_ROOT;
 use crate::pods::KubeAccess;
 use crate::procfs::DEFAULT_PROC_ROOT;
-
-/// Maximum length of a cluster or node name, as the wire schema allows.
-const MAX_NAME_LEN: usize = 253;
+use crate::record::{MAX_NAME_LEN, is_valid_name};
 
 /// Flags of `tokenguard-agent`.
 #[derive(Debug, Clone, Parser)]
@@ -62,17 +60,14 @@ pub struct Cli {
     #[arg(long, default_value = DEFAULT_KUBELET_ROOT, value_name = "DIR")]
     pub kubelet_root: PathBuf,
 
-    /// Run without the Kubernetes API: events carry pod uids and container ids only.
+    /// Run without the Kubernetes API: events carry pod uids and container ids only. Overrides
+    /// --kubeconfig and KUBECONFIG.
     #[arg(long)]
     pub no_kube: bool,
 
-    /// Kubeconfig for the pod watch [default: in-cluster service account, or ~/.kube/config].
-    #[arg(
-        long,
-        env = "KUBECONFIG",
-        value_name = "FILE",
-        conflicts_with = "no_kube"
-    )]
+    /// Kubeconfig for the pod watch [default: ~/.kube/config, else the in-cluster service
+    /// account].
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
     /// How long to wait for the pod watch to deliver a pod that just started before
@@ -179,17 +174,18 @@ pub enum ConfigError {
          the Function URL"
     )]
     MissingRegion { url: String },
-    /// A name flag is empty or too long.
+    /// A name flag is empty, too long or has a character the detector rejects.
     #[error(
-        "invalid {flag} {value:?}: expected a name of 1 to 253 characters without control characters"
+        "invalid {flag} {value:?}: expected a name of 1 to {MAX_NAME_LEN} bytes without '/' or control \
+         characters"
     )]
     Name { flag: &'static str, value: String },
     /// The node name was not given and the host name could not be read.
     #[error("failed to read the host name ({0}); pass --node-name or set NODE_NAME")]
-    Hostname(#[source] std::io::Error),
+    Hostname(std::io::Error),
     /// The learning settings do not fit together.
     #[error("{0}; pass a longer --forget-after or a shorter --learning-period")]
-    Policy(#[source] tokenguard_core::PolicyError),
+    Policy(tokenguard_core::PolicyError),
 }
 
 impl Cli {
@@ -261,8 +257,10 @@ fn detect_cgroup_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_ROOT))
 }
 
+/// Checks a name that every event or batch carries, because the detector
+/// would reject all of them.
 fn check_name(flag: &'static str, value: &str) -> Result<(), ConfigError> {
-    if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+    if !is_valid_name(value) {
         return Err(ConfigError::Name {
             flag,
             value: value.to_owned(),
@@ -407,6 +405,50 @@ mod tests {
     fn no_kube_disables_watch() {
         let config = parse(&["--no-kube"]).unwrap();
         assert_eq!(config.kube, None);
+    }
+
+    #[test]
+    fn no_kube_overrides_kubeconfig() {
+        let config = parse(&["--no-kube", "--kubeconfig", "/root/.kube/config"]).unwrap();
+        assert_eq!(config.kube, None);
+    }
+
+    #[test]
+    fn cluster_with_slash_rejected() {
+        let cli = Cli::try_parse_from([
+            "tokenguard-agent",
+            "--cluster",
+            "prod/eu",
+            "--node-name",
+            "n",
+        ])
+        .unwrap();
+        let error = cli.into_config().unwrap_err().to_string();
+        assert!(
+            error.starts_with("invalid --cluster \"prod/eu\""),
+            "{error}"
+        );
+        assert!(error.contains("without '/'"), "{error}");
+    }
+
+    #[test]
+    fn node_name_with_slash_rejected() {
+        let argv = [
+            "tokenguard-agent",
+            "--cluster",
+            "prod",
+            "--node-name",
+            "rack-1/node-a",
+        ];
+        let error = Cli::try_parse_from(argv)
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("invalid --node-name \"rack-1/node-a\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `tokenguard-agent`: reports reads of AWS web-identity tokens on this node.
 
 use std::pin::Pin;
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
@@ -13,9 +14,37 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // A JSON line like every other log, so collectors parse the reason too.
+            tracing::error!(error = %describe(&error), "agent stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Joins an error and its causes with ": ", leaving out a cause whose text the
+/// message already contains, as many of this crate's messages embed theirs.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut kernel_counters = None;
 
     let replay = cli.replay_opens.clone();
@@ -50,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     agent
         .run(source.take_until(Box::pin(shutdown)))
         .await
-        .context("agent failed")
+        .map_err(anyhow::Error::from)
 }
 
 /// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).

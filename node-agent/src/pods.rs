@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::record::{is_valid_name, truncate_utf8};
+
 /// How long a deleted pod stays in the index, for reads reported after the
 /// pod was deleted (processes in a terminating pod keep running for its grace
 /// period).
@@ -31,6 +33,9 @@ const DELETED_POD_RETENTION: Duration = Duration::from_secs(300);
 /// How long a lookup that timed out is not waited for again, so a container
 /// that never shows up in the pod status delays only its first reads.
 const GAVE_UP_RETENTION: Duration = Duration::from_secs(60);
+
+/// Bytes of a rejected pod field that a warning repeats.
+const MAX_LOGGED_VALUE: usize = 80;
 
 /// Delay before retrying to build a Kubernetes client whose configuration
 /// could not be loaded.
@@ -413,7 +418,16 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let service_account = pod
         .spec
         .as_ref()
-        .and_then(|spec| spec.service_account_name.clone());
+        .and_then(|spec| spec.service_account_name.clone())
+        .filter(|account| reportable_name(account, "service account", &namespace, &name));
+    // The API server checks only that an owner reference has a non-empty kind
+    // and name (`validateOwnerReference` in k8s.io/apimachinery), but the
+    // detector rejects the whole event for an owner it cannot key. Without
+    // the owner, the detector scopes the pod's reads by pod name.
+    let owner = top_level_owner(pod).filter(|owner| {
+        reportable_name(&owner.kind, "owner kind", &namespace, &name)
+            && reportable_name(&owner.name, "owner name", &namespace, &name)
+    });
 
     let mut containers = HashMap::new();
     if let Some(status) = &pod.status {
@@ -436,9 +450,24 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         namespace,
         name,
         service_account,
-        owner: top_level_owner(pod),
+        owner,
         containers,
     })
+}
+
+/// Checks `value`, the `field` of pod `namespace/name`, against the
+/// detector's rules for names, and logs a warning when it fails them.
+fn reportable_name(value: &str, field: &'static str, namespace: &str, name: &str) -> bool {
+    if is_valid_name(value) {
+        return true;
+    }
+    let mut shown = value.to_owned();
+    truncate_utf8(&mut shown, MAX_LOGGED_VALUE);
+    warn!(
+        namespace, pod = name, field, value = ?shown, bytes = value.len(),
+        "invalid name in a pod field; leaving it out of events, which the detector would reject"
+    );
+    false
 }
 
 /// Splits `containerd://<id>`, `cri-o://<id>` or `docker://<id>`.
@@ -632,6 +661,44 @@ mod tests {
         assert_eq!(container.image, "registry.example/app:1");
         assert_eq!(container.runtime, "containerd");
         assert_eq!(info.service_account.as_deref(), Some("sa"));
+    }
+
+    #[test]
+    fn invalid_owner_left_out() {
+        let long = "a".repeat(254);
+        let cases = [
+            ("StatefulSet", "db/0"),
+            ("StatefulSet", "db\n0"),
+            ("StatefulSet", long.as_str()),
+            ("example.com/Widget", "db"),
+        ];
+        for (kind, name) in cases {
+            let pod = pod(kind, name, json!({}), "2026-12-04T09:00:00Z");
+            let info = pod_info(&pod).unwrap();
+            assert_eq!(info.owner, None, "owner {kind:?} {name:?}");
+            assert_eq!(info.name, "p", "pod of owner {kind:?} {name:?}");
+        }
+    }
+
+    #[test]
+    fn valid_owner_kept() {
+        let pod = pod("StatefulSet", "db", json!({}), "2026-12-04T09:00:00Z");
+        let info = pod_info(&pod).unwrap();
+        assert_eq!(
+            info.owner,
+            Some(Owner {
+                kind: "StatefulSet".to_owned(),
+                name: "db".to_owned(),
+            })
+        );
+    }
+
+    #[test]
+    fn empty_service_account_left_out() {
+        let mut pod = pod("StatefulSet", "db", json!({}), "2026-12-04T09:00:00Z");
+        pod.spec.as_mut().unwrap().service_account_name = Some(String::new());
+        let info = pod_info(&pod).unwrap();
+        assert_eq!(info.service_account, None);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use tokenguard_core::{
     BaselineKey, BaselineStore, Finding, FindingRecord, ScopeRecord, StoreError, ValueRecord,
     ValueSighting, is_forgotten, needs_refresh,
 };
+use tracing::info;
 
 /// File name of the database inside the state directory.
 pub const DATABASE_FILE: &str = "baseline.redb";
@@ -28,8 +29,13 @@ const FINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("findings");
 /// A failure to open the embedded store.
 #[derive(Debug, Error)]
 pub enum EmbeddedStoreError {
+    /// The state directory path names something that is not a directory.
+    #[error("invalid state directory {path}: it exists and is not a directory; pass a directory")]
+    NotADirectory { path: PathBuf },
     /// The state directory could not be created.
-    #[error("failed to create state directory {path}: {source}; check its permissions")]
+    #[error(
+        "failed to create state directory {path}: {source}; check the path and its permissions"
+    )]
     CreateDir {
         path: PathBuf,
         #[source]
@@ -103,6 +109,14 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens or creates the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<EmbeddedStore, EmbeddedStoreError> {
+        if state_dir.exists() && !state_dir.is_dir() {
+            return Err(EmbeddedStoreError::NotADirectory {
+                path: state_dir.to_path_buf(),
+            });
+        }
+        if !state_dir.exists() {
+            info!(path = %state_dir.display(), "creating the state directory");
+        }
         std::fs::create_dir_all(state_dir).map_err(|source| EmbeddedStoreError::CreateDir {
             path: state_dir.to_path_buf(),
             source,
@@ -478,6 +492,19 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
         EmbeddedStore::open(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn file_as_state_dir_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state");
+        std::fs::write(&file, "").unwrap();
+        let error = EmbeddedStore::open(&file).unwrap_err();
+        assert!(
+            matches!(error, EmbeddedStoreError::NotADirectory { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("is not a directory"), "{error}");
     }
 
     #[derive(Debug, Default)]

@@ -17,6 +17,19 @@ fn run(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Returns the `error` field of the agent's fatal `ERROR` log line.
+fn fatal_error(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|log| log["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR log line in stderr: {stderr}"));
+    line["fields"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("ERROR line without an error field: {line}"))
+        .to_owned()
+}
+
 #[test]
 fn bad_learning_period_rejected() {
     let (ok, stderr) = run(&["--cluster", "test", "--learning-period", "7days-ish"]);
@@ -47,9 +60,31 @@ fn plain_http_to_remote_host_rejected() {
         "eu-west-1",
     ]);
     assert!(!ok);
+    let error = fatal_error(&stderr);
     assert!(
-        stderr.contains("invalid --sink \"http://detector.example/\""),
-        "{stderr}"
+        error.starts_with("invalid --sink \"http://detector.example/\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn forget_before_learning_reported_once() {
+    let (ok, stderr) = run(&[
+        "--cluster",
+        "test",
+        "--learning-period",
+        "7d",
+        "--forget-after",
+        "1d",
+    ]);
+    assert!(!ok);
+    let error = fatal_error(&stderr);
+    assert_eq!(
+        error
+            .matches("must be longer than the learning period")
+            .count(),
+        1,
+        "{error}"
     );
 }
 

@@ -18,7 +18,7 @@ use tokenguard_agent::sink::{HttpSink, HttpSinkConfig};
 use tokenguard_core::conformance::sample_read;
 use tokenguard_schema::{
     Batch, BatchResponse, MAX_ARGS_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Node, Outcome,
-    OutcomeStatus, TokenRead,
+    OutcomeStatus, SCHEMA_VERSION, TokenRead,
 };
 
 /// The server's response to one request.
@@ -140,16 +140,10 @@ fn sink(addr: SocketAddr, tune: impl FnOnce(&mut HttpSinkConfig)) -> (HttpSink, 
         None,
         "test",
     );
-    let node = Node {
-        name: "ip-10-0-12-34.eu-west-1.compute.internal".to_owned(),
-        boot_id: "5f1c6a7e-0b7e-4c41-9d0a-3f3e2a6b9c10".to_owned(),
-        agent_version: Some("0.1.0".to_owned()),
-        hook: None,
-    };
     let mut config = HttpSinkConfig::new(
         format!("http://{addr}/").parse().unwrap(),
         "eu-west-1".to_owned(),
-        node,
+        node(),
         SharedCredentialsProvider::new(credentials),
     );
     config.initial_backoff = Duration::from_millis(50);
@@ -158,6 +152,25 @@ fn sink(addr: SocketAddr, tune: impl FnOnce(&mut HttpSinkConfig)) -> (HttpSink, 
     tune(&mut config);
     let metrics = Arc::new(Metrics::default());
     (HttpSink::start(config, metrics.clone()).unwrap(), metrics)
+}
+
+fn node() -> Node {
+    Node {
+        name: "ip-10-0-12-34.eu-west-1.compute.internal".to_owned(),
+        boot_id: "5f1c6a7e-0b7e-4c41-9d0a-3f3e2a6b9c10".to_owned(),
+        agent_version: Some("0.1.0".to_owned()),
+        hook: None,
+    }
+}
+
+/// Size in bytes of a body of [`node`] without events.
+fn envelope_size() -> usize {
+    let envelope = Batch {
+        schema: SCHEMA_VERSION,
+        node: node(),
+        events: Vec::new(),
+    };
+    serde_json::to_vec(&envelope).unwrap().len()
 }
 
 fn read(id: u32, exe: &str) -> TokenRead {
@@ -371,6 +384,84 @@ async fn batches_split_by_body_size() {
     );
     assert_eq!(Metrics::get(&metrics.events_posted), 600);
     assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 0);
+}
+
+/// Builds a read by process `id` running `exe` whose JSON encoding has
+/// exactly `size` bytes.
+fn sized_read(id: u32, exe: &str, size: usize) -> TokenRead {
+    let mut read = read(id, exe);
+    read.process.pid = id;
+    read.process.args = vec![String::new()];
+    let empty_arg_size = serde_json::to_vec(&read).unwrap().len();
+    read.process.args = vec!["x".repeat(size - empty_arg_size)];
+    assert_eq!(serde_json::to_vec(&read).unwrap().len(), size);
+    read
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn body_limit_counts_envelope() {
+    let envelope = envelope_size();
+    // Ten events with their nine commas fit the limit alone, but not together
+    // with the envelope around them.
+    let size = (MAX_BATCH_BYTES - envelope / 2 - 9) / 10;
+    assert!(10 * size + 9 <= MAX_BATCH_BYTES);
+    assert!(envelope + 10 * size + 9 > MAX_BATCH_BYTES);
+
+    let (addr, recorder) = start_detector(vec![]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    for id in 10..30 {
+        sink.submit(sized_read(id, "/usr/bin/python3", size));
+    }
+    sink.close().await;
+
+    let requests = recorder.requests();
+    for request in &requests {
+        assert!(
+            request.body.len() <= MAX_BATCH_BYTES,
+            "body of {} bytes",
+            request.body.len()
+        );
+    }
+    let counts: Vec<usize> = requests.iter().map(|r| r.batch().events.len()).collect();
+    assert_eq!(counts, [9, 9, 2]);
+    assert_eq!(Metrics::get(&metrics.events_posted), 20);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn retried_and_queued_share_body_limit() {
+    let failed = Answer::Outcomes {
+        delay: Duration::from_millis(300),
+        failed_exes: vec!["/usr/bin/curl".to_owned()],
+    };
+    let (addr, recorder) = start_detector(vec![failed]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    // The retried event, four queued ones and the four commas between them
+    // are one byte over the room left by the envelope.
+    let room = MAX_BATCH_BYTES - envelope_size();
+    let size = (room + 1 - 4) / 5;
+    let last_size = room + 1 - 4 - 4 * size;
+    sink.submit(sized_read(10, "/usr/bin/curl", size));
+    wait_for_requests(&recorder, 1).await;
+    for id in 11..14 {
+        sink.submit(sized_read(id, "/usr/bin/python3", size));
+    }
+    sink.submit(sized_read(14, "/usr/bin/python3", last_size));
+    sink.close().await;
+
+    let requests = recorder.requests();
+    for request in &requests {
+        assert!(
+            request.body.len() <= MAX_BATCH_BYTES,
+            "body of {} bytes",
+            request.body.len()
+        );
+    }
+    let pids: Vec<Vec<u32>> = requests
+        .iter()
+        .map(|r| r.batch().events.iter().map(|e| e.process.pid).collect())
+        .collect();
+    assert_eq!(pids, [vec![10], vec![10, 11, 12, 13], vec![14]]);
+    assert_eq!(Metrics::get(&metrics.events_posted), 5);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -88,6 +88,12 @@ pub enum ProbeError {
     )]
     TracefsMissing,
     #[error(
+        "permission denied reading tracefs at {}: run the agent as root, because loading \
+         eBPF programs and reading tracefs need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN",
+        path.display()
+    )]
+    TracefsDenied { path: PathBuf },
+    #[error(
         "tracepoint syscalls:{name} not found under {tracefs}: the kernel needs \
          CONFIG_FTRACE_SYSCALLS=y"
     )]
@@ -162,7 +168,7 @@ impl Probe {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ProbeError::NoRuntime);
         }
-        let tracefs = find_tracefs().ok_or(ProbeError::TracefsMissing)?;
+        let tracefs = find_tracefs()?;
 
         // Loading relocates the CO-RE field accesses against /sys/kernel/btf/vmlinux.
         let window_ns = u64::try_from(options.repeat_window.as_nanos()).unwrap_or(u64::MAX);
@@ -353,9 +359,18 @@ fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, ProbeEr
 }
 
 /// Returns the first tracefs mount that has the syscall tracepoints.
-fn find_tracefs() -> Option<PathBuf> {
-    TRACEFS_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.join("events/syscalls").is_dir())
+///
+/// tracefs is readable by root only, so a permission error means the agent
+/// lacks privileges, not that tracefs is missing.
+fn find_tracefs() -> Result<PathBuf, ProbeError> {
+    for path in TRACEFS_PATHS.iter().map(PathBuf::from) {
+        match std::fs::metadata(path.join("events/syscalls")) {
+            Ok(metadata) if metadata.is_dir() => return Ok(path),
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(ProbeError::TracefsDenied { path });
+            }
+            _ => {}
+        }
+    }
+    Err(ProbeError::TracefsMissing)
 }
