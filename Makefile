@@ -2,7 +2,10 @@
 # the agent loads eBPF programs and the tests drive the real kernel.
 
 CARGO ?= cargo
-AGENT := target/release/tokenguard-agent
+# The release binaries, wherever CARGO_TARGET_DIR puts them.
+RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+AGENT := $(RELEASE_DIR)/tokenguard-agent
+STANDIN := $(RELEASE_DIR)/tokenguard-kube-standin
 C_SOURCES := $(wildcard node-agent-ebpf/*.c node-agent-ebpf/*.h bench/*.c)
 # Debian's 6.1 kernel and its BTF, for tests against a kernel other than this one.
 KERNEL_DIR := .tokenguard/kernels/debian
@@ -18,7 +21,7 @@ build: setup
 	$(CARGO) build --release -p tokenguard-agent -p tokenguard-e2e --bins
 
 demo: build
-	scripts/demo.sh $(AGENT)
+	scripts/demo.sh $(AGENT) $(STANDIN)
 
 lint: setup
 	$(CARGO) fmt --all --check

@@ -4,13 +4,13 @@
 # the baseline learns, then reads it again once learning is over (known, so
 # quiet), then an unfamiliar process reads it. The last read is the finding.
 #
-#   scripts/demo.sh AGENT_BINARY
+#   scripts/demo.sh AGENT_BINARY [STANDIN_BINARY]
 set -euo pipefail
 
-agent=${1:?usage: scripts/demo.sh AGENT_BINARY}
+agent=${1:?usage: scripts/demo.sh AGENT_BINARY [STANDIN_BINARY]}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sandbox="$root/scripts/pod-sandbox.sh"
-standin="$root/target/release/tokenguard-kube-standin"
+standin=${2:-$root/target/release/tokenguard-kube-standin}
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "demo: run as root: the agent loads eBPF programs into the kernel" >&2

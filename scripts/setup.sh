@@ -5,6 +5,12 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Debian 12's own rustc (1.63) is too old, so Rust comes from rustup.
+if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+    echo "setup: missing Rust: install Rust 1.95 or later with rustup, then run make again" >&2
+    exit 1
+fi
 venv="${TOKENGUARD_VENV:-$root/.venv}"
 
 # clang and libbpf-dev build the kernel program, bpftool inspects it,
