@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs tokenguard's agent in embedded mode on this machine's kernel and plays
-# a pod-shaped scenario: the workload's own process reads its AWS token while
+# a pod-shaped scenario. The workload's own process reads its AWS token while
 # the baseline learns, then reads it again once learning is over (known, so
-# quiet), then an unfamiliar process reads it. The last read is the finding.
+# quiet). Then an unfamiliar process reads it, which is the finding.
 #
 #   scripts/demo.sh AGENT_BINARY [STANDIN_BINARY]
 set -euo pipefail

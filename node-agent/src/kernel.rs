@@ -19,7 +19,7 @@ const COUNTER_INTERVAL: Duration = Duration::from_secs(10);
 /// a flood of token opens.
 const COUNTER_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where the agent mounts tracefs when the host has not.
+/// Mount point for tracefs when the host has not mounted it.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Loads the probe, mounting tracefs first when no tracefs is mounted.

@@ -10,13 +10,7 @@ use crate::procfs::{ProcFs, boot_ns_to_ticks};
 /// Maximum length of a kernel command name (`TASK_COMM_LEN` minus the NUL).
 const MAX_COMM_BYTES: usize = 15;
 
-/// Maximum length in bytes of a name that the detector accepts, such as the
-/// cluster, the node or a pod's owner. It equals the Kubernetes limit for a
-/// DNS subdomain name.
-///
-/// NOTE: the schema crate keeps this limit private, so this is a copy. The
-/// test `names_match_schema_check` fails when the two differ.
-pub const MAX_NAME_LEN: usize = 253;
+pub use tokenguard_schema::{MAX_NAME_LEN, is_valid_name};
 
 /// Placeholder for an executable path that neither the kernel nor procfs gave.
 /// The wire schema requires an absolute path.
@@ -115,15 +109,6 @@ pub fn truncate_args(args: &mut Vec<String>) -> bool {
         budget -= arg.len();
     }
     truncated
-}
-
-/// Returns whether the detector accepts `value` as a name: 1 to
-/// [`MAX_NAME_LEN`] bytes without `/` or control characters. The detector
-/// joins names with `/` into baseline keys, so it rejects a name with a `/`.
-pub fn is_valid_name(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= MAX_NAME_LEN
-        && !value.chars().any(|c| c == '/' || c.is_control())
 }
 
 /// Cuts `value` to at most `max` bytes on a character boundary.

@@ -23,7 +23,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply with body `{"error": message}`.
+    /// Builds a reply with body `{"error": message}`.
     pub fn error(status: u16, message: impl Into<String>) -> Reply {
         let body = serde_json::json!({ "error": message.into() }).to_string();
         Reply { status, body }
@@ -84,7 +84,7 @@ fn decode_body(request: &LambdaFunctionUrlRequest) -> Result<Vec<u8>, Reply> {
     })
 }
 
-/// Whether a `Content-Type` value names JSON, such as `application/json;
+/// Checks whether a `Content-Type` value names JSON, such as `application/json;
 /// charset=utf-8` or `application/vnd.example+json`.
 fn is_json(content_type: &str) -> bool {
     let media_type = content_type

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 pub use validate::{
     MAX_ARGS, MAX_ARGS_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_CLOCK_SKEW, MAX_EVENT_AGE,
-    MAX_EXE_LEN, MAX_IMAGE_LEN, ValidationError,
+    MAX_EXE_LEN, MAX_IMAGE_LEN, MAX_NAME_LEN, ValidationError, is_valid_name,
 };
 
 /// Version of the wire schema, carried in every batch as `schema`.

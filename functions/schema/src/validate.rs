@@ -57,7 +57,9 @@ pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::minutes(15);
 pub const MAX_EVENT_AGE: TimeDelta = TimeDelta::hours(24);
 
 const MAX_ID_LEN: usize = 128;
-const MAX_NAME_LEN: usize = 253;
+/// Maximum length in bytes of a Kubernetes or cluster name that goes into a
+/// baseline key.
+pub const MAX_NAME_LEN: usize = 253;
 const MAX_PATH_LEN: usize = 4096;
 
 /// Maximum length of `container.image` in bytes. Kubernetes sets no limit,
@@ -439,11 +441,16 @@ fn check_id(field: &'static str, value: &str) -> Result<(), ValidationError> {
 
 /// Checks a name that becomes part of a baseline scope key, whose parts are
 /// joined with `/`.
+/// Checks a name that goes into a baseline key: 1 to [`MAX_NAME_LEN`] bytes
+/// without control characters or `/`, which separates the key's parts.
+pub fn is_valid_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && !value.chars().any(|c| c == '/' || c.is_control())
+}
+
 fn check_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    let invalid = value.is_empty()
-        || value.len() > MAX_NAME_LEN
-        || value.chars().any(|c| c == '/' || c.is_control());
-    if invalid {
+    if !is_valid_name(value) {
         return Err(ValidationError::field(
             field,
             value,
