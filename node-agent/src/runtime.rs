@@ -182,13 +182,13 @@ impl Agent {
             Output::Embedded { state_dir } => {
                 let store = EmbeddedStore::open(state_dir)?;
                 info!(path = %store.path().display(), "embedded baseline opened");
-                Ok(Sink::Embedded(EmbeddedSink::new(
+                Ok(Sink::Embedded(Box::new(EmbeddedSink::new(
                     store,
                     self.config.policy.clone(),
                     self.writer.clone(),
                     context.node(),
                     self.metrics.clone(),
-                )))
+                ))))
             }
             Output::Http { url, region } => {
                 let credentials = match &self.credentials {

@@ -95,6 +95,8 @@ struct StoredScope {
 struct StoredFinding {
     finding: Finding,
     notified: bool,
+    #[serde(default)]
+    version: u64,
 }
 
 /// A [`BaselineStore`] in a `redb` file. Each operation is one write
@@ -380,6 +382,7 @@ impl BaselineStore for EmbeddedStore {
         let stored = StoredFinding {
             finding: record.finding.clone(),
             notified: record.notified,
+            version: record.version,
         };
         self.run(OP, move |db| {
             let fail = store_error(OP);
@@ -425,14 +428,38 @@ impl BaselineStore for EmbeddedStore {
             Ok(stored.map(|stored| FindingRecord {
                 finding: stored.finding,
                 notified: stored.notified,
+                version: stored.version,
             }))
         })
         .await
     }
 
-    async fn mark_notified(&self, finding_id: &str) -> Result<(), StoreError> {
-        self.update_finding("mark_notified", finding_id, |stored| stored.notified = true)
-            .await
+    async fn replace_finding(&self, record: &FindingRecord) -> Result<bool, StoreError> {
+        let record = record.clone();
+        let finding_id = record.finding.finding_id.clone();
+        self.update_finding("replace_finding", &finding_id, move |stored| {
+            if stored.version != record.version {
+                return false;
+            }
+            let (repeat_count, last_seen) = (stored.finding.repeat_count, stored.finding.last_seen);
+            stored.finding = record.finding;
+            stored.finding.repeat_count = repeat_count;
+            stored.finding.last_seen = last_seen;
+            stored.notified = record.notified;
+            stored.version += 1;
+            true
+        })
+        .await
+    }
+
+    async fn mark_notified(&self, finding_id: &str, version: u64) -> Result<(), StoreError> {
+        self.update_finding("mark_notified", finding_id, move |stored| {
+            let current = stored.version == version;
+            stored.notified |= current;
+            current
+        })
+        .await
+        .map(drop)
     }
 
     async fn add_repeats(
@@ -444,23 +471,27 @@ impl BaselineStore for EmbeddedStore {
         self.update_finding("add_repeats", finding_id, move |stored| {
             stored.finding.repeat_count += u64::from(count);
             stored.finding.last_seen = now;
+            true
         })
         .await
+        .map(drop)
     }
 }
 
 impl EmbeddedStore {
-    /// Applies `change` to a stored finding in one write transaction; a
-    /// missing finding is left missing.
+    /// Applies `change` to a stored finding in one write transaction, and
+    /// writes it back if `change` returns true. A missing finding is left
+    /// missing. Returns whether it wrote.
     async fn update_finding(
         &self,
         operation: &'static str,
         finding_id: &str,
-        change: impl FnOnce(&mut StoredFinding) + Send + 'static,
-    ) -> Result<(), StoreError> {
+        change: impl FnOnce(&mut StoredFinding) -> bool + Send + 'static,
+    ) -> Result<bool, StoreError> {
         let finding_id = finding_id.to_owned();
         self.run(operation, move |db| {
             let fail = store_error(operation);
+            let mut written = false;
             let tx = db.begin_write().map_err(|e| fail(e.into()))?;
             {
                 let mut findings = tx.open_table(FINDINGS).map_err(|e| fail(e.into()))?;
@@ -469,15 +500,17 @@ impl EmbeddedStore {
                     .map_err(|e| fail(e.into()))?
                     .map(|guard| decode::<StoredFinding>(operation, guard.value()))
                     .transpose()?;
-                if let Some(mut stored) = existing {
-                    change(&mut stored);
+                if let Some(mut stored) = existing
+                    && change(&mut stored)
+                {
                     findings
                         .insert(finding_id.as_str(), encode(operation, &stored)?.as_slice())
                         .map_err(|e| fail(e.into()))?;
+                    written = true;
                 }
             }
             tx.commit().map_err(|e| fail(e.into()))?;
-            Ok(())
+            Ok(written)
         })
         .await
     }
@@ -511,7 +544,7 @@ mod tests {
     struct Quiet;
 
     impl Notifier for Quiet {
-        async fn notify(&self, _finding: &Finding) -> Result<(), StoreError> {
+        async fn notify(&self, _alert: &tokenguard_core::Alert<'_>) -> Result<(), StoreError> {
             Ok(())
         }
     }
@@ -546,7 +579,7 @@ mod tests {
 
     #[tokio::test]
     async fn embedded_store_conformance() {
-        let dirs: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+        let dirs: Vec<_> = (0..9).map(|_| tempfile::tempdir().unwrap()).collect();
         conformance::new_then_known(&open(&dirs[0])).await;
         conformance::forgotten_value_is_new(&open(&dirs[1])).await;
         conformance::refresh_keeps_value(&open(&dirs[2])).await;
@@ -555,6 +588,8 @@ mod tests {
         conformance::known_values_listed(&open(&dirs[5])).await;
         conformance::forgotten_scope_not_revived(&open(&dirs[7])).await;
         conformance::findings_round_trip(&open(&dirs[6]), sample_finding().await).await;
+        conformance::findings_replaced_by_version(&open(&dirs[8]), sample_finding().await)
+            .await;
     }
 
     #[tokio::test]

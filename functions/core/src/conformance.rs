@@ -265,6 +265,7 @@ pub async fn findings_round_trip(store: &impl BaselineStore, finding: Finding) {
     let record = FindingRecord {
         finding: finding.clone(),
         notified: false,
+        version: 0,
     };
     store.put_finding(&key, &record).await.unwrap();
     let loaded = store.get_finding(&finding.finding_id).await.unwrap();
@@ -286,7 +287,7 @@ pub async fn findings_round_trip(store: &impl BaselineStore, finding: Finding) {
         .add_repeats(&finding.finding_id, 3, at(2))
         .await
         .unwrap();
-    store.mark_notified(&finding.finding_id).await.unwrap();
+    store.mark_notified(&finding.finding_id, 0).await.unwrap();
     let loaded = store
         .get_finding(&finding.finding_id)
         .await
@@ -299,4 +300,57 @@ pub async fn findings_round_trip(store: &impl BaselineStore, finding: Finding) {
         "mark_notified must set notified and keep the repeats"
     );
     assert!(store.get_finding("tg-missing").await.unwrap().is_none());
+}
+
+/// A finding is replaced only at the version it was read at, keeps the
+/// repeats counted meanwhile, and is marked notified only at its version.
+pub async fn findings_replaced_by_version(store: &impl BaselineStore, finding: Finding) {
+    let key = BaselineKey {
+        scope: finding.scope.clone(),
+        value: finding.value.clone(),
+    };
+    let first = FindingRecord {
+        finding: finding.clone(),
+        notified: true,
+        version: 0,
+    };
+    store.put_finding(&key, &first).await.unwrap();
+    store
+        .add_repeats(&finding.finding_id, 2, at(3))
+        .await
+        .unwrap();
+
+    let mut raised = first.clone();
+    raised.finding.severity = crate::finding::Severity::Critical;
+    raised.notified = false;
+    assert!(store.replace_finding(&raised).await.unwrap());
+    assert!(
+        !store.replace_finding(&raised).await.unwrap(),
+        "a replace at a stale version must not write"
+    );
+
+    let loaded = store
+        .get_finding(&finding.finding_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.version, 1);
+    assert_eq!(loaded.finding.severity, crate::finding::Severity::Critical);
+    assert!(!loaded.notified);
+    assert_eq!(loaded.finding.repeat_count, finding.repeat_count + 2);
+    assert_eq!(loaded.finding.last_seen, at(3));
+
+    store.mark_notified(&finding.finding_id, 0).await.unwrap();
+    let stale = store.get_finding(&finding.finding_id).await.unwrap();
+    assert!(
+        !stale.unwrap().notified,
+        "marking an older version must not mark the current one"
+    );
+    store.mark_notified(&finding.finding_id, 1).await.unwrap();
+    let current = store.get_finding(&finding.finding_id).await.unwrap();
+    assert!(current.unwrap().notified);
+
+    let mut missing = raised.clone();
+    missing.finding.finding_id = "tg-missing".to_owned();
+    assert!(!store.replace_finding(&missing).await.unwrap());
 }

@@ -7,13 +7,20 @@ use thiserror::Error;
 use tokenguard_schema::{Node, Outcome, OutcomeStatus, TokenRead};
 use tracing::{debug, info, warn};
 
+use crate::correlate::{CorrelationPolicy, CorrelationStore, NoCorrelation};
 use crate::finding::{
-    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule, Severity,
+    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule,
     finding_id, triage_steps,
 };
 use crate::policy::Policy;
+use crate::render::Alert;
 use crate::scope::{BaselineKey, ScopeKind};
 use crate::store::{BaselineStore, FindingRecord, Notifier, StoreError, ValueSighting};
+
+mod correlation;
+
+pub use correlation::ExchangeDecision;
+use correlation::Correlator;
 
 /// What the engine decided for one read.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,20 +59,43 @@ impl From<StoreError> for EngineError {
     }
 }
 
-/// Runs reads through the baseline and raises findings.
+/// Runs reads through the baseline and raises findings, and with a
+/// correlation store, matches them with CloudTrail exchanges.
 #[derive(Debug)]
-pub struct Engine<S, N> {
+pub struct Engine<S, N, C = NoCorrelation> {
     store: S,
     notifier: N,
     policy: Policy,
+    correlation: Option<Correlator<C>>,
 }
 
-impl<S: BaselineStore, N: Notifier> Engine<S, N> {
+impl<S: BaselineStore, N: Notifier> Engine<S, N, NoCorrelation> {
+    /// Creates an engine that does not correlate.
     pub fn new(store: S, notifier: N, policy: Policy) -> Self {
         Engine {
             store,
             notifier,
             policy,
+            correlation: None,
+        }
+    }
+}
+
+impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
+    /// Creates an engine that stores reads and exchanges in `correlation`
+    /// and matches them.
+    pub fn with_correlation(
+        store: S,
+        notifier: N,
+        policy: Policy,
+        correlation: C,
+        correlation_policy: CorrelationPolicy,
+    ) -> Self {
+        Engine {
+            store,
+            notifier,
+            policy,
+            correlation: Some(Correlator::new(correlation, correlation_policy)),
         }
     }
 
@@ -128,6 +158,8 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
                         .add_repeats(finding_id, read.count, event_time)
                         .await?;
                     debug!(event_id = %read.event_id, finding_id, "repeat folded into finding");
+                } else {
+                    self.mark_familiar(read).await;
                 }
                 Ok(Decision::Known)
             }
@@ -162,6 +194,7 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
                     event_id = %read.event_id, scope = %key.scope.key, value = %key.value.key,
                     "new value learned"
                 );
+                self.mark_familiar(read).await;
                 return Ok(Decision::Learned);
             }
             _ => Rule::UnfamiliarProcessTokenRead,
@@ -172,7 +205,8 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
             if existing.notified {
                 return Ok(Decision::Duplicate);
             }
-            return self.notify(key, existing.finding).await;
+            let existing = self.correlate_read(read, existing, now).await?;
+            return self.notify(key, existing).await;
         }
 
         let known = self
@@ -189,10 +223,7 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
             finding_id: id,
             rule,
             title: rule.title().to_owned(),
-            severity: match rule {
-                Rule::UnfamiliarProcessTokenRead => Severity::Medium,
-                Rule::HostProcessTokenRead => Severity::High,
-            },
+            severity: rule.base_severity(),
             detected_at: now,
             observed_at: event_time,
             last_seen: event_time,
@@ -227,25 +258,36 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N> {
             },
             mitre: Mitre::credentials_in_files(),
             triage: triage_steps(rule, &read.cluster, &read.process, read.pod.as_ref()),
+            correlation: None,
+            changes: Vec::new(),
         };
 
         let record = FindingRecord {
             finding,
             notified: false,
+            version: 0,
         };
         self.store.put_finding(key, &record).await?;
-        self.notify(key, record.finding).await
+        let record = self.correlate_read(read, record, now).await?;
+        self.notify(key, record).await
     }
 
-    async fn notify(&self, key: &BaselineKey, finding: Finding) -> Result<Decision, EngineError> {
-        if let Err(source) = self.notifier.notify(&finding).await {
+    async fn notify(
+        &self,
+        key: &BaselineKey,
+        record: FindingRecord,
+    ) -> Result<Decision, EngineError> {
+        let finding = record.finding;
+        if let Err(source) = self.notifier.notify(&Alert::Finding(&finding)).await {
             warn!(finding_id = %finding.finding_id, error = %source, "alert not sent");
             return Err(EngineError::Notify {
                 finding_id: finding.finding_id,
                 source,
             });
         }
-        self.store.mark_notified(&finding.finding_id).await?;
+        self.store
+            .mark_notified(&finding.finding_id, record.version)
+            .await?;
         info!(
             finding_id = %finding.finding_id, severity = finding.severity.as_str(),
             scope = %key.scope.key, exe = %key.value.exe, "finding raised"

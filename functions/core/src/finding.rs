@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenguard_schema::{Container, Pod, Process, Token};
 
+use crate::correlate::{Correlation, SeverityChange};
 use crate::scope::{BaselineKey, Scope, Value};
 
 /// Version of the finding document, carried as `schema`.
@@ -19,6 +20,9 @@ pub enum Rule {
     UnfamiliarProcessTokenRead,
     /// A process outside every pod read the kubelet's copy of a pod's token.
     HostProcessTokenRead,
+    /// A token was exchanged from outside the cluster's egress and no
+    /// process read it near that time.
+    ExchangeWithoutRead,
 }
 
 impl Rule {
@@ -28,6 +32,17 @@ impl Rule {
                 "Unfamiliar process read an AWS service account token"
             }
             Rule::HostProcessTokenRead => "Host process read a pod's AWS service account token",
+            Rule::ExchangeWithoutRead => {
+                "AWS service account token exchanged outside the cluster with no read"
+            }
+        }
+    }
+
+    /// Severity of a finding of this rule before correlation.
+    pub fn base_severity(self) -> Severity {
+        match self {
+            Rule::UnfamiliarProcessTokenRead => Severity::Medium,
+            Rule::HostProcessTokenRead | Rule::ExchangeWithoutRead => Severity::High,
         }
     }
 }
@@ -49,6 +64,15 @@ impl Severity {
             Severity::Medium => "medium",
             Severity::High => "high",
             Severity::Critical => "critical",
+        }
+    }
+
+    /// The next severity up; critical stays critical.
+    pub fn raised(self) -> Severity {
+        match self {
+            Severity::Low => Severity::Medium,
+            Severity::Medium => Severity::High,
+            Severity::High | Severity::Critical => Severity::Critical,
         }
     }
 }
@@ -135,6 +159,12 @@ pub struct Finding {
     pub baseline: BaselineSummary,
     pub mitre: Mitre,
     pub triage: Vec<String>,
+    /// CloudTrail exchanges of the token matched to this read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<Correlation>,
+    /// Each rise in severity since the finding was raised, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<SeverityChange>,
 }
 
 /// Derives the id of the finding that `event_id` raises for `key`.
@@ -180,7 +210,7 @@ pub(crate) fn triage_steps(
                     .unwrap_or_else(|| "(unknown)".to_owned())
             ));
         }
-        Rule::HostProcessTokenRead => {
+        Rule::HostProcessTokenRead | Rule::ExchangeWithoutRead => {
             steps.push(format!(
                 "A process outside every pod read the token: treat the node as compromised until \
                  {} (pid {}) is explained.",

@@ -3,23 +3,27 @@
 //! This crate decides whether a token read is a finding. It holds no AWS or
 //! kernel types: the baseline lives behind [`BaselineStore`] and alerts go
 //! out through [`Notifier`], with DynamoDB and SNS adapters in the detector
-//! Lambda and an embedded store in the node agent.
+//! Lambda and an embedded store in the node agent. [`cloudtrail`] parses the
+//! records of token exchanges, and [`correlate`] matches them with reads.
 
+pub mod cloudtrail;
 pub mod conformance;
+pub mod correlate;
 mod engine;
 mod finding;
+pub mod ingest;
 mod policy;
 mod render;
 mod scope;
 mod store;
 
-pub use engine::{Decision, Engine, EngineError};
+pub use engine::{Decision, Engine, EngineError, ExchangeDecision};
 pub use finding::{
     BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, MitreRef, Rule,
     Severity, finding_id,
 };
 pub use policy::{Policy, PolicyError, parse_duration};
-pub use render::{AlertMessage, render_alert};
+pub use render::{Alert, AlertMessage, render_alert};
 pub use scope::{BaselineKey, Scope, ScopeKind, Value};
 pub use store::{
     BaselineStore, FindingRecord, MemoryStore, Notifier, ScopeRecord, StoreError, ValueRecord,

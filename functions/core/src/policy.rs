@@ -17,6 +17,8 @@ pub struct Policy {
     pub refresh_interval: Duration,
     /// Executables allowed to read the kubelet's copies of tokens on the host.
     pub host_readers: Vec<String>,
+    /// EKS cluster names whose reads are accepted; empty accepts any.
+    pub clusters: Vec<String>,
 }
 
 impl Default for Policy {
@@ -29,6 +31,7 @@ impl Default for Policy {
                 "/usr/bin/kubelet".to_owned(),
                 "/usr/local/bin/kubelet".to_owned(),
             ],
+            clusters: Vec::new(),
         }
     }
 }

@@ -3,7 +3,46 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
-use crate::finding::{Finding, Rule};
+use crate::correlate::{Correlation, ExchangeFinding, MatchedCall};
+use crate::finding::{Finding, Rule, Severity};
+
+/// What a notifier delivers.
+#[derive(Debug, Clone, Copy)]
+pub enum Alert<'a> {
+    /// The first alert for a read finding.
+    Finding(&'a Finding),
+    /// A follow-up: the finding's severity rose from `from` after its first
+    /// alert went out.
+    Escalation { finding: &'a Finding, from: Severity },
+    /// An exchange from outside the egress with no read.
+    Exchange(&'a ExchangeFinding),
+}
+
+impl Alert<'_> {
+    pub fn finding_id(&self) -> &str {
+        match self {
+            Alert::Finding(finding) | Alert::Escalation { finding, .. } => &finding.finding_id,
+            Alert::Exchange(finding) => &finding.finding_id,
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self {
+            Alert::Finding(finding) | Alert::Escalation { finding, .. } => finding.severity,
+            Alert::Exchange(finding) => finding.severity,
+        }
+    }
+
+    /// The finding document as JSON.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        match self {
+            Alert::Finding(finding) | Alert::Escalation { finding, .. } => {
+                serde_json::to_string(finding)
+            }
+            Alert::Exchange(finding) => serde_json::to_string(finding),
+        }
+    }
+}
 
 /// An alert ready for a notifier: SNS sends `default` to protocols without a
 /// part of their own and `email` to email subscribers.
@@ -21,19 +60,28 @@ pub struct AlertMessage {
 
 const SUBJECT_MAX: usize = 99;
 
-/// Renders the alert for a finding.
-pub fn render_alert(finding: &Finding) -> AlertMessage {
+/// Renders an alert.
+pub fn render_alert(alert: &Alert<'_>) -> AlertMessage {
+    match alert {
+        Alert::Finding(finding) => render_finding(finding, None),
+        Alert::Escalation { finding, from } => render_finding(finding, Some(*from)),
+        Alert::Exchange(finding) => render_exchange(finding),
+    }
+}
+
+fn render_finding(finding: &Finding, escalated_from: Option<Severity>) -> AlertMessage {
     let severity = finding.severity.as_str().to_uppercase();
-    let mut subject = format!(
-        "[tokenguard {severity}] {} read the AWS token of {}",
+    let lead = match escalated_from {
+        Some(from) => format!("[tokenguard {severity}, was {}]", from.as_str()),
+        None => format!("[tokenguard {severity}]"),
+    };
+    let subject = cut_subject(format!(
+        "{lead} {} read the AWS token of {}",
         printable(&finding.process.comm),
         where_(finding)
-    );
-    if subject.chars().count() > SUBJECT_MAX {
-        subject = subject.chars().take(SUBJECT_MAX - 1).collect::<String>() + "…";
-    }
+    ));
 
-    let default = format!(
+    let mut default = format!(
         "tokenguard {severity}: {} ({}) read the {} token of {} on node {} [{}]",
         printable(&finding.process.exe),
         printable(&finding.process.comm),
@@ -42,6 +90,9 @@ pub fn render_alert(finding: &Finding) -> AlertMessage {
         finding.node,
         finding.finding_id,
     );
+    if let Some(change) = finding.changes.last() {
+        default.push_str(&format!("; raised to {}: {}", change.to.as_str(), change.reason));
+    }
 
     let mut attributes = vec![
         ("severity", finding.severity.as_str().to_owned()),
@@ -55,9 +106,16 @@ pub fn render_alert(finding: &Finding) -> AlertMessage {
     AlertMessage {
         subject,
         default,
-        email: email_text(finding),
+        email: email_text(finding, escalated_from),
         attributes,
     }
+}
+
+fn cut_subject(subject: String) -> String {
+    if subject.chars().count() <= SUBJECT_MAX {
+        return subject;
+    }
+    subject.chars().take(SUBJECT_MAX - 1).collect::<String>() + "…"
 }
 
 fn serde_rule(rule: Rule) -> String {
@@ -76,7 +134,7 @@ fn where_(finding: &Finding) -> String {
     }
 }
 
-fn email_text(finding: &Finding) -> String {
+fn email_text(finding: &Finding, escalated_from: Option<Severity>) -> String {
     let mut text = String::new();
     let process = &finding.process;
     let unknown = || "(unknown)".to_owned();
@@ -87,6 +145,27 @@ fn email_text(finding: &Finding) -> String {
     let _ = writeln!(text, "Finding: {}", finding.finding_id);
     let _ = writeln!(text, "Observed: {}", finding.observed_at.to_rfc3339());
     let _ = writeln!(text);
+
+    if let Some(from) = escalated_from {
+        let _ = writeln!(text, "What changed");
+        let _ = writeln!(
+            text,
+            "Severity rose from {} to {} since the first alert.",
+            from.as_str(),
+            finding.severity.as_str()
+        );
+        for change in finding.changes.iter().filter(|change| change.from >= from) {
+            let _ = writeln!(
+                text,
+                "  {}: {} -> {}: {}",
+                change.at.to_rfc3339(),
+                change.from.as_str(),
+                change.to.as_str(),
+                printable(&change.reason)
+            );
+        }
+        let _ = writeln!(text);
+    }
 
     let _ = writeln!(text, "What happened");
     let _ = writeln!(
@@ -186,20 +265,175 @@ fn email_text(finding: &Finding) -> String {
     }
     let _ = writeln!(text);
 
+    if let Some(correlation) = &finding.correlation {
+        write_correlation(&mut text, correlation);
+    }
+    if escalated_from.is_none() && !finding.changes.is_empty() {
+        let _ = writeln!(text, "Why this severity");
+        for change in &finding.changes {
+            let _ = writeln!(
+                text,
+                "  {} -> {}: {}",
+                change.from.as_str(),
+                change.to.as_str(),
+                printable(&change.reason)
+            );
+        }
+        let _ = writeln!(text);
+    }
+
+    write_triage(&mut text, &finding.triage);
+    write_mitre(&mut text, &finding.mitre);
+    text
+}
+
+fn write_triage(text: &mut String, triage: &[String]) {
     let _ = writeln!(text, "Triage");
-    for (number, step) in finding.triage.iter().enumerate() {
+    for (number, step) in triage.iter().enumerate() {
         let _ = writeln!(text, "  {}. {}", number + 1, printable(step));
     }
     let _ = writeln!(text);
+}
+
+fn write_mitre(text: &mut String, mitre: &crate::finding::Mitre) {
     let _ = writeln!(
         text,
         "MITRE ATT&CK: {} {}, {} {}",
-        finding.mitre.tactic.id,
-        finding.mitre.tactic.name,
-        finding.mitre.technique.id,
-        finding.mitre.technique.name
+        mitre.tactic.id, mitre.tactic.name, mitre.technique.id, mitre.technique.name
     );
-    text
+}
+
+/// The CloudTrail calls matched to a finding, one paragraph each.
+fn write_correlation(text: &mut String, correlation: &Correlation) {
+    let _ = writeln!(
+        text,
+        "CloudTrail exchanges by the {}",
+        correlation.subject.describe()
+    );
+    for call in &correlation.calls {
+        write_call(text, call);
+    }
+    let _ = writeln!(text);
+}
+
+fn write_call(text: &mut String, call: &MatchedCall) {
+    let times = if call.count > 1 {
+        format!(
+            "{} to {} ({} calls)",
+            call.event_time.to_rfc3339(),
+            call.last_event_time.to_rfc3339(),
+            call.count
+        )
+    } else {
+        call.event_time.to_rfc3339()
+    };
+    let field = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|value| printable(value).into_owned())
+            .unwrap_or_else(|| "(none)".to_owned())
+    };
+    let mut flags = Vec::new();
+    if call.signals.outside_egress {
+        flags.push("outside the cluster's egress");
+    }
+    if call.signals.new_user_agent {
+        flags.push("new user agent");
+    }
+    if call.signals.new_session_name {
+        flags.push("new session name");
+    }
+    let _ = writeln!(text, "  {} at {times}", call.api.as_str());
+    let _ = writeln!(text, "    outcome:    {}", printable(&call.outcome));
+    let _ = writeln!(text, "    source:     {}", field(&call.source_address));
+    let _ = writeln!(text, "    user agent: {}", field(&call.user_agent));
+    let _ = writeln!(text, "    role:       {}", field(&call.role_arn));
+    let _ = writeln!(text, "    session:    {}", field(&call.session_name));
+    if call.pod_name.is_some() || call.pod_uid.is_some() {
+        let _ = writeln!(
+            text,
+            "    pod:        {} (uid {})",
+            field(&call.pod_name),
+            field(&call.pod_uid)
+        );
+    }
+    if call.caller_arn.is_some() {
+        let _ = writeln!(text, "    caller:     {}", field(&call.caller_arn));
+    }
+    if !flags.is_empty() {
+        let _ = writeln!(text, "    unusual:    {}", flags.join(", "));
+    }
+    let _ = writeln!(text, "    event id:   {}", printable(&call.event_id));
+}
+
+fn render_exchange(finding: &ExchangeFinding) -> AlertMessage {
+    let severity = finding.severity.as_str().to_uppercase();
+    let call = &finding.call;
+    let address = call
+        .source_address
+        .as_deref()
+        .map(|address| printable(address).into_owned())
+        .unwrap_or_else(|| "(unknown)".to_owned());
+    let subject = cut_subject(format!(
+        "[tokenguard {severity}] Token of {} used from {address}",
+        finding.subject.describe()
+    ));
+    let default = format!(
+        "tokenguard {severity}: the token of the {} was exchanged from {address}, outside \
+         the cluster's egress, with no process reading it [{}]",
+        finding.subject.describe(),
+        finding.finding_id
+    );
+
+    let mut text = String::new();
+    let _ = writeln!(text, "{}", finding.title);
+    let _ = writeln!(text, "Severity: {}", finding.severity.as_str());
+    let _ = writeln!(text, "Finding: {}", finding.finding_id);
+    let _ = writeln!(text, "Observed: {}", finding.observed_at.to_rfc3339());
+    let _ = writeln!(text);
+    let _ = writeln!(text, "What happened");
+    let _ = writeln!(
+        text,
+        "The token of the {} was exchanged for AWS credentials from {address}, which is \
+         outside the cluster's egress, and no process in the cluster read the token near \
+         that time. Someone holds a copy of the token.",
+        finding.subject.describe()
+    );
+    let egress = if finding.egress.is_empty() {
+        "(none)".to_owned()
+    } else {
+        finding.egress.join(", ")
+    };
+    let _ = writeln!(text, "Known egress: {egress}");
+    if finding.repeat_count > 0 {
+        let _ = writeln!(
+            text,
+            "{} more exchanges from this address followed, the latest at {}.",
+            finding.repeat_count,
+            finding.last_seen.to_rfc3339()
+        );
+    }
+    let _ = writeln!(text);
+    let _ = writeln!(text, "CloudTrail exchange");
+    write_call(&mut text, call);
+    let _ = writeln!(text);
+    write_triage(&mut text, &finding.triage);
+    write_mitre(&mut text, &finding.mitre);
+
+    let mut attributes = vec![
+        ("severity", finding.severity.as_str().to_owned()),
+        ("cluster", finding.cluster.clone()),
+        ("rule", serde_rule(finding.rule)),
+    ];
+    if let Some(namespace) = &finding.subject.namespace {
+        attributes.push(("namespace", namespace.clone()));
+    }
+    AlertMessage {
+        subject,
+        default,
+        email: text,
+        attributes,
+    }
 }
 
 /// Escapes the control and bidirectional-formatting characters of a value
@@ -234,6 +468,9 @@ fn why_it_matters(rule: Rule) -> &'static str {
             "This workload never used this process to read its token before. Whoever holds the \
              token can exchange it for the pod's AWS role credentials from anywhere until it \
              expires."
+        }
+        Rule::ExchangeWithoutRead => {
+            "The token was exchanged from outside the cluster with no read near it."
         }
         Rule::HostProcessTokenRead => {
             "A process outside every pod read the kubelet's copy of a pod's token. Only the \

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use crate::correlate::MemoryCorrelation;
 use crate::finding::Finding;
+use crate::render::Alert;
 use crate::scope::BaselineKey;
 
 /// A storage or delivery failure. Whether a retry can help is part of the type.
@@ -65,8 +67,11 @@ pub struct ScopeRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FindingRecord {
     pub finding: Finding,
-    /// Whether the notifier accepted the alert.
+    /// Whether the notifier accepted the alert for this version.
     pub notified: bool,
+    /// Number of times the stored finding was replaced, for optimistic
+    /// concurrency: 0 when first stored.
+    pub version: u64,
 }
 
 /// Storage for the new-value baseline and the findings it raises.
@@ -126,11 +131,22 @@ pub trait BaselineStore: Send + Sync {
         finding_id: &str,
     ) -> impl Future<Output = Result<Option<FindingRecord>, StoreError>> + Send;
 
-    /// Records that the notifier accepted the alert for a finding, leaving
-    /// the rest of the stored finding as it is.
+    /// Replaces a stored finding if its version is still `record.version`,
+    /// and stores it with the version one higher. Returns whether it wrote.
+    /// `repeat_count` and `last_seen` keep their stored values, which
+    /// `add_repeats` owns.
+    fn replace_finding(
+        &self,
+        record: &FindingRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records that the notifier accepted the alert for version `version` of
+    /// a finding, leaving the rest of the stored finding as it is. Changes
+    /// nothing when the stored version is another.
     fn mark_notified(
         &self,
         finding_id: &str,
+        version: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Adds `count` repeated reads to a finding.
@@ -144,13 +160,14 @@ pub trait BaselineStore: Send + Sync {
 
 /// Delivers alerts for findings.
 pub trait Notifier: Send + Sync {
-    fn notify(&self, finding: &Finding) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn notify(&self, alert: &Alert<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// A [`BaselineStore`] in process memory, for tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<MemoryState>,
+    correlation: Mutex<MemoryCorrelation>,
 }
 
 #[derive(Debug)]
@@ -173,6 +190,12 @@ impl MemoryStore {
 
     fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn correlation(&self) -> std::sync::MutexGuard<'_, MemoryCorrelation> {
+        self.correlation
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -312,8 +335,26 @@ impl BaselineStore for MemoryStore {
         Ok(self.state().findings.get(finding_id).cloned())
     }
 
-    async fn mark_notified(&self, finding_id: &str) -> Result<(), StoreError> {
-        if let Some(record) = self.state().findings.get_mut(finding_id) {
+    async fn replace_finding(&self, record: &FindingRecord) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let Some(stored) = state.findings.get_mut(&record.finding.finding_id) else {
+            return Ok(false);
+        };
+        if stored.version != record.version {
+            return Ok(false);
+        }
+        let (repeat_count, last_seen) = (stored.finding.repeat_count, stored.finding.last_seen);
+        *stored = record.clone();
+        stored.version += 1;
+        stored.finding.repeat_count = repeat_count;
+        stored.finding.last_seen = last_seen;
+        Ok(true)
+    }
+
+    async fn mark_notified(&self, finding_id: &str, version: u64) -> Result<(), StoreError> {
+        if let Some(record) = self.state().findings.get_mut(finding_id)
+            && record.version == version
+        {
             record.notified = true;
         }
         Ok(())

@@ -1,12 +1,21 @@
 //! Settings of the detector, read once from the environment at start-up.
 
 use thiserror::Error;
-use tokenguard_core::{Policy, PolicyError};
+use tokenguard_core::correlate::{CorrelationPolicy, EgressCidrs, EgressError};
+use tokenguard_core::{Policy, PolicyError, parse_duration};
 
 /// Name of the DynamoDB table that stores the baseline.
 pub const BASELINE_TABLE_VAR: &str = "TOKENGUARD_BASELINE_TABLE";
 /// Name of the DynamoDB table that stores findings.
 pub const FINDINGS_TABLE_VAR: &str = "TOKENGUARD_FINDINGS_TABLE";
+/// Name of the DynamoDB table that stores reads and exchanges for matching.
+pub const CORRELATION_TABLE_VAR: &str = "TOKENGUARD_CORRELATION_TABLE";
+/// How long after a read an exchange still matches it, such as `15m`.
+pub const CORRELATION_WINDOW_VAR: &str = "TOKENGUARD_CORRELATION_WINDOW";
+/// Egress CIDRs, comma-separated, each optionally as `<cluster>=<CIDR>`.
+pub const EGRESS_CIDRS_VAR: &str = "TOKENGUARD_EGRESS_CIDRS";
+/// EKS cluster names, comma-separated.
+pub const CLUSTERS_VAR: &str = "TOKENGUARD_CLUSTERS";
 /// ARN of the SNS topic that receives alerts.
 pub const TOPIC_ARN_VAR: &str = "TOKENGUARD_TOPIC_ARN";
 /// How long a new scope learns silently, such as `7d`.
@@ -16,14 +25,22 @@ pub const FORGET_AFTER_VAR: &str = "TOKENGUARD_FORGET_AFTER";
 
 pub const DEFAULT_LEARNING_PERIOD: &str = "7d";
 pub const DEFAULT_FORGET_AFTER: &str = "28d";
+pub const DEFAULT_CORRELATION_WINDOW: &str = "15m";
+
+/// Longest correlation window: exchanges are kept for a day.
+const MAX_CORRELATION_WINDOW_SECONDS: u64 = 12 * 3600;
 
 /// Detector settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub baseline_table: String,
     pub findings_table: String,
+    pub correlation_table: String,
     pub topic_arn: String,
     pub policy: Policy,
+    pub correlation: CorrelationPolicy,
+    /// The EKS clusters this deployment watches; empty when unset.
+    pub clusters: Vec<String>,
 }
 
 /// A missing or unusable setting.
@@ -58,6 +75,22 @@ pub enum ConfigError {
         #[source]
         source: PolicyError,
     },
+    /// The correlation window is not a duration, zero, or longer than
+    /// exchanges are kept.
+    #[error(
+        "invalid {CORRELATION_WINDOW_VAR} {value:?}: expected a duration from 1s to 12h, \
+         such as 15m"
+    )]
+    Window { value: String },
+    /// An egress entry does not parse.
+    #[error("invalid {EGRESS_CIDRS_VAR}: {0}")]
+    Egress(#[from] EgressError),
+    /// A cluster name breaks EKS's naming rules.
+    #[error(
+        "invalid {CLUSTERS_VAR} entry {value:?}: expected EKS cluster names of 1 to 100 \
+         letters, digits, '-' and '_', starting with a letter or digit, separated by commas"
+    )]
+    ClusterName { value: String },
 }
 
 impl Config {
@@ -77,6 +110,9 @@ impl Config {
         check_table_name(BASELINE_TABLE_VAR, &baseline_table)?;
         let findings_table = required(FINDINGS_TABLE_VAR, "the findings DynamoDB table name")?;
         check_table_name(FINDINGS_TABLE_VAR, &findings_table)?;
+        let correlation_table =
+            required(CORRELATION_TABLE_VAR, "the correlation DynamoDB table name")?;
+        check_table_name(CORRELATION_TABLE_VAR, &correlation_table)?;
         let topic_arn = required(TOPIC_ARN_VAR, "the ARN of the SNS topic for alerts")?;
         check_topic_arn(&topic_arn)?;
 
@@ -91,13 +127,54 @@ impl Config {
             }
         })?;
 
+        let window_text =
+            get(CORRELATION_WINDOW_VAR).unwrap_or_else(|| DEFAULT_CORRELATION_WINDOW.to_owned());
+        let window = parse_duration("correlation window", &window_text)
+            .ok()
+            .filter(|w| !w.is_zero() && w.as_secs() <= MAX_CORRELATION_WINDOW_SECONDS)
+            .ok_or(ConfigError::Window { value: window_text })?;
+        let egress = EgressCidrs::parse(&get(EGRESS_CIDRS_VAR).unwrap_or_default())?;
+        let clusters = parse_clusters(&get(CLUSTERS_VAR).unwrap_or_default())?;
+
+        let policy = Policy {
+            clusters: clusters.clone(),
+            ..policy
+        };
         Ok(Config {
             baseline_table,
             findings_table,
+            correlation_table,
             topic_arn,
             policy,
+            correlation: CorrelationPolicy {
+                window,
+                egress,
+                ..CorrelationPolicy::default()
+            },
+            clusters,
         })
     }
+}
+
+/// Splits a comma-separated list of EKS cluster names.
+pub fn parse_clusters(text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut clusters = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        let valid = name.len() <= 100
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(ConfigError::ClusterName {
+                value: name.to_owned(),
+            });
+        }
+        if !clusters.iter().any(|known| known == name) {
+            clusters.push(name.to_owned());
+        }
+    }
+    Ok(clusters)
 }
 
 fn check_table_name(name: &'static str, value: &str) -> Result<(), ConfigError> {
@@ -151,6 +228,7 @@ mod tests {
             (BASELINE_TABLE_VAR, "tokenguard-baseline"),
             (FINDINGS_TABLE_VAR, "tokenguard-findings"),
             (TOPIC_ARN_VAR, TOPIC),
+            (CORRELATION_TABLE_VAR, "tokenguard-correlation"),
         ]
     }
 
@@ -161,6 +239,41 @@ mod tests {
         assert_eq!(config.findings_table, "tokenguard-findings");
         assert_eq!(config.topic_arn, TOPIC);
         assert_eq!(config.policy, Policy::default());
+        assert_eq!(config.correlation_table, "tokenguard-correlation");
+        assert_eq!(config.correlation, CorrelationPolicy::default());
+        assert!(config.clusters.is_empty());
+    }
+
+    #[test]
+    fn correlation_settings_read() {
+        let mut vars = required();
+        vars.push((CORRELATION_WINDOW_VAR, "10m"));
+        vars.push((EGRESS_CIDRS_VAR, "203.0.113.0/24,prod=198.51.100.7"));
+        vars.push((CLUSTERS_VAR, "prod, staging,prod"));
+        let config = config(&vars).unwrap();
+        assert_eq!(config.correlation.window, Duration::from_secs(600));
+        assert!(
+            config
+                .correlation
+                .egress
+                .contains("prod", "198.51.100.7".parse().unwrap())
+        );
+        assert_eq!(config.clusters, vec!["prod", "staging"]);
+    }
+
+    #[test]
+    fn bad_correlation_settings_named() {
+        for (name, value, start) in [
+            (CORRELATION_WINDOW_VAR, "0s", "invalid TOKENGUARD_CORRELATION_WINDOW \"0s\""),
+            (CORRELATION_WINDOW_VAR, "2d", "invalid TOKENGUARD_CORRELATION_WINDOW \"2d\""),
+            (EGRESS_CIDRS_VAR, "nat", "invalid TOKENGUARD_EGRESS_CIDRS: invalid egress CIDR"),
+            (CLUSTERS_VAR, "prod,-x", "invalid TOKENGUARD_CLUSTERS entry \"-x\""),
+        ] {
+            let mut vars = required();
+            vars.push((name, value));
+            let message = config(&vars).unwrap_err().to_string();
+            assert!(message.starts_with(start), "{message}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! so every read and condition here treats an expired item as absent itself.
 
 pub mod attributes;
+mod correlation;
 mod item;
 mod tables;
 
@@ -28,7 +29,8 @@ use attributes::{EXPIRES_AT, FINDING_ID, LAST_SEEN_US, PK, SCOPE_SK, SK, VALUE_S
 use item::{Item, epoch_micros, expires_at, is_expired, n, rfc3339, s};
 
 pub use item::{FINDING_RETENTION, value_sk};
-pub use tables::create_tables;
+pub use correlation::DynamoCorrelation;
+pub use tables::{create_correlation_table, create_tables};
 
 /// Condition under which an item counts as absent: it does not exist, its TTL
 /// has passed, or it was last seen `forget_after` ago or earlier.
@@ -452,14 +454,54 @@ impl BaselineStore for DynamoStore {
         item::finding_record(&finding_item, describe).map(Some)
     }
 
-    async fn mark_notified(&self, finding_id: &str) -> Result<(), StoreError> {
+    async fn replace_finding(&self, record: &FindingRecord) -> Result<bool, StoreError> {
+        let finding = &record.finding;
+        let json = serde_json::to_string(finding).map_err(|error| StoreError::Permanent {
+            operation: "encode finding",
+            message: format!("finding {} does not serialize: {error}", finding.finding_id),
+        })?;
+        // repeat_count and last_seen are left alone: add_repeats owns them.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.findings_table)
+            .key(FINDING_ID, s(&finding.finding_id))
+            .update_expression(
+                "SET finding = :json, severity = :severity, notified = :notified, \
+                 version = :next",
+            )
+            .condition_expression(
+                "attribute_exists(finding_id) AND \
+                 (version = :version OR (attribute_not_exists(version) AND :version = :zero))",
+            )
+            .expression_attribute_values(":json", s(json))
+            .expression_attribute_values(":severity", s(finding.severity.as_str()))
+            .expression_attribute_values(":notified", AttributeValue::Bool(record.notified))
+            .expression_attribute_values(":version", n(record.version))
+            .expression_attribute_values(":next", n(record.version + 1))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if is_condition_failure(&error) => Ok(false),
+            Err(error) => Err(classify("DynamoDB UpdateItem", self.findings(), &error)),
+        }
+    }
+
+    async fn mark_notified(&self, finding_id: &str, version: u64) -> Result<(), StoreError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.findings_table)
             .key(FINDING_ID, s(finding_id))
             .update_expression("SET notified = :notified")
-            .condition_expression("attribute_exists(finding_id)")
+            .condition_expression(
+                "attribute_exists(finding_id) AND \
+                 (version = :version OR (attribute_not_exists(version) AND :version = :zero))",
+            )
+            .expression_attribute_values(":version", n(version))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":notified", AttributeValue::Bool(true))
             .return_values(ReturnValue::None)
             .send()
@@ -469,7 +511,7 @@ impl BaselineStore for DynamoStore {
             Err(error) if is_condition_failure(&error) => {
                 debug!(
                     finding_id,
-                    "delivery recorded for a finding no longer stored"
+                    version, "delivery recorded for a finding no longer stored at this version"
                 );
                 Ok(())
             }

@@ -9,6 +9,7 @@ use aws_lambda_events::http::{HeaderMap, HeaderValue, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
+use tokenguard_core::correlate::CorrelationStore;
 use tokenguard_core::{BaselineStore, Engine, Notifier};
 use tokenguard_schema::{
     BatchEnvelope, BatchResponse, OutcomeStatus, SCHEMA_VERSION, TokenRead, ValidationError,
@@ -31,8 +32,8 @@ impl Reply {
 }
 
 /// Handles one Function URL request: only `POST` with a JSON batch body.
-pub async fn handle_request<S: BaselineStore, N: Notifier>(
-    engine: &Engine<S, N>,
+pub async fn handle_request<S: BaselineStore, N: Notifier, C: CorrelationStore>(
+    engine: &Engine<S, N, C>,
     request: &LambdaFunctionUrlRequest,
     now: DateTime<Utc>,
 ) -> LambdaFunctionUrlResponse {
@@ -104,8 +105,8 @@ fn is_json(content_type: &str) -> bool {
 /// one outcome per event, unless every event failed on a dependency: then it
 /// is 503, with the same outcomes, so the sender backs off before retrying.
 /// Events are detected at `now`, which also bounds their `observed_at`.
-pub async fn handle_batch<S: BaselineStore, N: Notifier>(
-    engine: &Engine<S, N>,
+pub async fn handle_batch<S: BaselineStore, N: Notifier, C: CorrelationStore>(
+    engine: &Engine<S, N, C>,
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Reply {
@@ -121,15 +122,27 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier>(
         }
     };
 
+    let clusters = &engine.policy().clusters;
     let events: Vec<Result<TokenRead, (String, String)>> = envelope
         .events
         .iter()
         .enumerate()
         .map(|(index, raw)| {
-            TokenRead::parse(raw, now).map_err(|(event_id, error)| {
+            let read = TokenRead::parse(raw, now).map_err(|(event_id, error)| {
                 let event_id = event_id.unwrap_or_else(|| format!("events[{index}]"));
                 (event_id, error.to_string())
-            })
+            })?;
+            if !clusters.is_empty() && !clusters.contains(&read.cluster) {
+                let reason = format!(
+                    "cluster {:?} is not one of the clusters this detector watches ({}): \
+                     start the agent with --cluster set to the EKS cluster name, or add the \
+                     cluster to TOKENGUARD_CLUSTERS",
+                    read.cluster,
+                    clusters.join(", ")
+                );
+                return Err((read.event_id, reason));
+            }
+            Ok(read)
         })
         .collect();
 

@@ -12,10 +12,10 @@ pub mod dynamodb;
 pub mod handler;
 pub mod sns;
 
-pub use config::{Config, ConfigError};
-pub use dynamodb::{DynamoStore, create_tables};
+pub use config::{CLUSTERS_VAR, Config, ConfigError};
+pub use dynamodb::{DynamoCorrelation, DynamoStore, create_correlation_table, create_tables};
 pub use handler::{Reply, handle_batch, handle_request};
 pub use sns::SnsNotifier;
 
-/// The engine as the Lambda runs it.
-pub type DetectorEngine = tokenguard_core::Engine<DynamoStore, SnsNotifier>;
+/// The engine as the Lambdas run it.
+pub type DetectorEngine = tokenguard_core::Engine<DynamoStore, SnsNotifier, DynamoCorrelation>;

@@ -13,7 +13,9 @@ use aws_lambda_events::event::lambda_function_urls::{
 };
 use lambda_runtime::{LambdaEvent, service_fn};
 use tokenguard_core::Engine;
-use tokenguard_detector::{Config, DetectorEngine, DynamoStore, SnsNotifier, handle_request};
+use tokenguard_detector::{
+    Config, DetectorEngine, DynamoCorrelation, DynamoStore, SnsNotifier, handle_request,
+};
 use tracing::{Instrument, info, info_span};
 use tracing_subscriber::EnvFilter;
 
@@ -25,11 +27,14 @@ async fn main() -> anyhow::Result<()> {
     // Standard loading: region, credentials and AWS_ENDPOINT_URL come from the
     // Lambda environment.
     let sdk_config = aws_config::load_from_env().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config);
     let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk_config),
+        dynamodb.clone(),
         &config.baseline_table,
         &config.findings_table,
     );
+    let correlation =
+        DynamoCorrelation::new(dynamodb, &config.correlation_table, &config.findings_table);
     let notifier = SnsNotifier::new(aws_sdk_sns::Client::new(&sdk_config), &config.topic_arn);
     info!(
         baseline_table = %config.baseline_table,
@@ -37,9 +42,18 @@ async fn main() -> anyhow::Result<()> {
         topic_arn = %config.topic_arn,
         learning_period_seconds = config.policy.learning_period.as_secs(),
         forget_after_seconds = config.policy.forget_after.as_secs(),
+        correlation_table = %config.correlation_table,
+        correlation_window_seconds = config.correlation.window.as_secs(),
+        clusters = %config.clusters.join(","),
         "detector started"
     );
-    let engine = Arc::new(Engine::new(store, notifier, config.policy));
+    let engine = Arc::new(Engine::with_correlation(
+        store,
+        notifier,
+        config.policy,
+        correlation,
+        config.correlation,
+    ));
 
     lambda_runtime::run(service_fn(move |event| invoke(engine.clone(), event)))
         .await

@@ -8,7 +8,7 @@
 use aws_sdk_sns::Client;
 use aws_sdk_sns::types::MessageAttributeValue;
 use thiserror::Error;
-use tokenguard_core::{AlertMessage, Finding, Notifier, StoreError, render_alert};
+use tokenguard_core::{Alert, AlertMessage, Notifier, StoreError, render_alert};
 use tracing::debug;
 
 use crate::aws_error::{Resource, classify};
@@ -163,11 +163,12 @@ impl SnsNotifier {
 }
 
 impl Notifier for SnsNotifier {
-    async fn notify(&self, finding: &Finding) -> Result<(), StoreError> {
-        let alert = render_alert(finding);
-        let publication = publication(&alert).map_err(|error| StoreError::Permanent {
+    async fn notify(&self, alert: &Alert<'_>) -> Result<(), StoreError> {
+        let finding_id = alert.finding_id();
+        let rendered = render_alert(alert);
+        let publication = publication(&rendered).map_err(|error| StoreError::Permanent {
             operation: "SNS Publish",
-            message: format!("finding {}: {error}", finding.finding_id),
+            message: format!("finding {finding_id}: {error}"),
         })?;
 
         let mut request = self
@@ -198,7 +199,7 @@ impl Notifier for SnsNotifier {
             .await
             .map_err(|error| classify("SNS Publish", resource, &error))?;
         debug!(
-            finding_id = %finding.finding_id,
+            finding_id,
             message_id = output.message_id().unwrap_or_default(),
             "alert published"
         );

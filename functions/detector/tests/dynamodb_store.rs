@@ -67,6 +67,12 @@ async fn conformance_findings_round_trip() {
 }
 
 #[tokio::test]
+async fn conformance_findings_replaced_by_version() {
+    let finding = sample_finding().await;
+    conformance::findings_replaced_by_version(&new_store(moto()).await, finding).await;
+}
+
+#[tokio::test]
 async fn create_tables_idempotent_with_ttl() {
     let client = dynamodb(moto());
     let baseline = unique("baseline");

@@ -7,7 +7,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use common::{moto, sample_finding, unique};
 use serde_json::{Value, json};
 use tokenguard_core::conformance::at;
-use tokenguard_core::{Notifier, StoreError};
+use tokenguard_core::{Alert, Notifier, StoreError};
 use tokenguard_detector::SnsNotifier;
 use tokenguard_e2e::moto::MotoServer;
 
@@ -106,7 +106,7 @@ async fn alert_reaches_sqs_subscriber() {
     finding.detected_at = at(1);
     let finding_id = finding.finding_id.clone();
     let notifier = SnsNotifier::new(sns.clone(), &topic_arn);
-    notifier.notify(&finding).await.unwrap();
+    notifier.notify(&Alert::Finding(&finding)).await.unwrap();
 
     let subject = "[tokenguard MEDIUM] curl read the AWS token of pod payments/api-6d8f7b9c5-x2k4q";
     let default = format!(
@@ -153,7 +153,8 @@ async fn missing_topic_names_fix() {
     let sns = aws_sdk_sns::Client::new(&server.sdk_config());
     let topic_arn = "arn:aws:sns:eu-west-1:123456789012:tokenguard-absent";
     let notifier = SnsNotifier::new(sns, topic_arn);
-    let error = notifier.notify(&sample_finding().await).await.unwrap_err();
+    let finding = sample_finding().await;
+    let error = notifier.notify(&Alert::Finding(&finding)).await.unwrap_err();
     let StoreError::Permanent { message, .. } = &error else {
         panic!("a missing topic is permanent, got {error:?}");
     };

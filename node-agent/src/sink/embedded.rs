@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokenguard_core::{Decision, Engine, EngineError, Finding, Notifier, Policy, StoreError};
+use tokenguard_core::{Alert, Decision, Engine, EngineError, Notifier, Policy, StoreError};
 use tokenguard_schema::{Node, TokenRead};
 use tracing::{error, warn};
 
@@ -36,8 +36,14 @@ impl LineNotifier {
 }
 
 impl Notifier for LineNotifier {
-    async fn notify(&self, finding: &Finding) -> Result<(), StoreError> {
-        write_json_line(&self.writer, finding).map_err(|error| StoreError::Transient {
+    async fn notify(&self, alert: &Alert<'_>) -> Result<(), StoreError> {
+        let written = match alert {
+            Alert::Finding(finding) | Alert::Escalation { finding, .. } => {
+                write_json_line(&self.writer, *finding)
+            }
+            Alert::Exchange(finding) => write_json_line(&self.writer, *finding),
+        };
+        written.map_err(|error| StoreError::Transient {
             operation: "write finding",
             message: error.to_string(),
         })

@@ -38,7 +38,8 @@ pub enum Sink {
     /// Each event as one JSON line.
     Stdout(StdoutSink),
     Http(HttpSink),
-    Embedded(EmbeddedSink),
+    /// Boxed, because the engine it holds is large beside the other sinks.
+    Embedded(Box<EmbeddedSink>),
 }
 
 impl Sink {

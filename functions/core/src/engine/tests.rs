@@ -5,6 +5,8 @@ use tokenguard_schema::{Node, OutcomeStatus, TokenRead};
 
 use super::*;
 use crate::conformance::{self, at};
+use crate::correlate::ExchangeFinding;
+use crate::finding::Severity;
 use crate::render::render_alert;
 use crate::store::MemoryStore;
 
@@ -21,22 +23,41 @@ fn node() -> Node {
     }
 }
 
-/// Records the findings it is asked to send; fails while `failing` is set.
+/// An alert as a [`RecordingNotifier`] keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SentAlert {
+    Finding(Finding),
+    Escalation(Finding, Severity),
+    Exchange(ExchangeFinding),
+}
+
+/// Records the alerts it is asked to send; fails while `failing` is set.
 #[derive(Debug, Default)]
 pub(crate) struct RecordingNotifier {
+    /// The findings of first alerts.
     pub sent: Mutex<Vec<Finding>>,
+    /// Every alert, in order.
+    pub alerts: Mutex<Vec<SentAlert>>,
     pub failing: Mutex<bool>,
 }
 
 impl Notifier for RecordingNotifier {
-    async fn notify(&self, finding: &Finding) -> Result<(), StoreError> {
+    async fn notify(&self, alert: &Alert<'_>) -> Result<(), StoreError> {
         if *self.failing.lock().unwrap() {
             return Err(StoreError::Transient {
                 operation: "publish",
                 message: "test outage".to_owned(),
             });
         }
-        self.sent.lock().unwrap().push(finding.clone());
+        let sent = match alert {
+            Alert::Finding(finding) => {
+                self.sent.lock().unwrap().push((*finding).clone());
+                SentAlert::Finding((*finding).clone())
+            }
+            Alert::Escalation { finding, from } => SentAlert::Escalation((*finding).clone(), *from),
+            Alert::Exchange(finding) => SentAlert::Exchange((*finding).clone()),
+        };
+        self.alerts.lock().unwrap().push(sent);
         Ok(())
     }
 }
@@ -282,7 +303,7 @@ async fn alert_escapes_process_strings() {
     finding.process.args = vec!["\u{202e}fdp.exe".to_owned()];
     finding.token.path = "/t\r\n".to_owned();
     finding.baseline.known_values[0].exe = "/bin/\u{7}".to_owned();
-    let alert = render_alert(&finding);
+    let alert = render_alert(&Alert::Finding(&finding));
 
     let severities: Vec<_> = alert
         .email
@@ -309,6 +330,7 @@ async fn memory_store_conformance() {
     conformance::forgotten_scope_not_revived(&MemoryStore::new()).await;
     conformance::known_values_listed(&MemoryStore::new()).await;
     conformance::findings_round_trip(&MemoryStore::new(), sample_finding().await).await;
+    conformance::findings_replaced_by_version(&MemoryStore::new(), sample_finding().await).await;
 }
 
 /// A finding raised by `/usr/bin/curl` in the sample scope.
@@ -369,7 +391,7 @@ async fn finding_json_has_contract_fields() {
 async fn email_text_exact() {
     let mut finding = sample_finding().await;
     finding.detected_at = at(1);
-    let alert = render_alert(&finding);
+    let alert = render_alert(&Alert::Finding(&finding));
     let expected =
         include_str!("../../tests/fixtures/email.txt").replace("{finding_id}", &finding.finding_id);
     assert_eq!(alert.email, expected);

@@ -34,3 +34,26 @@ pub const SEVERITY: &str = "severity";
 pub const CLUSTER: &str = "cluster";
 pub const NAMESPACE: &str = "namespace";
 pub const DETECTED_AT: &str = "detected_at";
+/// Times the finding item was replaced, for optimistic concurrency.
+pub const VERSION: &str = "version";
+/// `read` for a read finding, `exchange` for an exchange finding.
+pub const FINDING_KIND: &str = "kind";
+/// Event id of the exchange counted last into an exchange finding.
+pub const LAST_EVENT_ID_FOLDED: &str = "last_event_id";
+
+/// Partition key prefix of a subject's items in the correlation table.
+pub const SUBJECT_PK_PREFIX: &str = "S#";
+/// Partition key prefix of a cluster's learned egress.
+pub const EGRESS_PK_PREFIX: &str = "E#";
+/// Sort key prefix of an exchange item.
+pub const EXCHANGE_SK_PREFIX: &str = "X#";
+/// Sort key prefix of a read item.
+pub const READ_SK_PREFIX: &str = "R#";
+/// Sort key of a subject's profile and of a cluster's egress item.
+pub const PROFILE_SK: &str = "PROFILE";
+/// The record as JSON text, in exchange and read items.
+pub const RECORD_JSON: &str = "record";
+/// Attribute name prefix of a profile value; the rest is a hash of the value.
+pub const PROFILE_VALUE_PREFIX: &str = "v_";
+/// Attribute name prefix of a learned egress address.
+pub const EGRESS_ADDRESS_PREFIX: &str = "a_";

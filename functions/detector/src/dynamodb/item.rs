@@ -61,6 +61,10 @@ impl<'a> ItemReader<'a> {
         ItemReader { item, describe }
     }
 
+    pub(crate) fn describe(&self) -> &str {
+        &self.describe
+    }
+
     fn invalid(&self, attribute: &str, expected: &str) -> StoreError {
         StoreError::Permanent {
             operation: "decode item",
@@ -175,6 +179,8 @@ pub(crate) fn finding_item(record: &FindingRecord) -> Result<Item, StoreError> {
         (CLUSTER.to_owned(), s(&finding.cluster)),
         (DETECTED_AT.to_owned(), rfc3339(finding.detected_at)),
         (EXPIRES_AT.to_owned(), n(expires.timestamp())),
+        (VERSION.to_owned(), n(record.version)),
+        (FINDING_KIND.to_owned(), s("read")),
     ]);
     if let Some(namespace) = finding.pod.as_ref().and_then(|pod| pod.namespace.as_ref()) {
         item.insert(NAMESPACE.to_owned(), s(namespace));
@@ -195,6 +201,7 @@ pub(crate) fn finding_record(item: &Item, describe: String) -> Result<FindingRec
     Ok(FindingRecord {
         finding,
         notified: reader.boolean(NOTIFIED)?,
+        version: reader.optional_number(VERSION)?.unwrap_or(0),
     })
 }
 

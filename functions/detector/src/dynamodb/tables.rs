@@ -1,4 +1,5 @@
-//! Creation of the baseline and findings tables, for tests and local stacks.
+//! Creation of the baseline, findings and correlation tables, for tests and
+//! local stacks.
 
 use std::time::Duration;
 
@@ -43,6 +44,18 @@ pub async fn create_tables(
     create_table(client, findings_resource, &[(FINDING_ID, KeyType::Hash)]).await?;
     enable_ttl(client, baseline_resource).await?;
     enable_ttl(client, findings_resource).await
+}
+
+/// Creates the correlation table, keyed like the baseline table, with TTL on
+/// `expires_at`. An existing table is kept.
+pub async fn create_correlation_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let resource = Resource {
+        kind: "DynamoDB table",
+        name,
+        setting: "TOKENGUARD_CORRELATION_TABLE",
+    };
+    create_table(client, resource, &[(PK, KeyType::Hash), (SK, KeyType::Range)]).await?;
+    enable_ttl(client, resource).await
 }
 
 fn build_error(table: &str, error: impl std::fmt::Display) -> StoreError {

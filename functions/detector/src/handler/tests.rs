@@ -17,8 +17,8 @@ struct Recorder {
 }
 
 impl Notifier for Recorder {
-    async fn notify(&self, finding: &tokenguard_core::Finding) -> Result<(), StoreError> {
-        self.sent.lock().unwrap().push(finding.finding_id.clone());
+    async fn notify(&self, alert: &tokenguard_core::Alert<'_>) -> Result<(), StoreError> {
+        self.sent.lock().unwrap().push(alert.finding_id().to_owned());
         Ok(())
     }
 }
@@ -70,7 +70,10 @@ impl BaselineStore for DownStore {
     async fn get_finding(&self, _: &str) -> Result<Option<FindingRecord>, StoreError> {
         Err(outage())
     }
-    async fn mark_notified(&self, _: &str) -> Result<(), StoreError> {
+    async fn replace_finding(&self, _: &FindingRecord) -> Result<bool, StoreError> {
+        Err(outage())
+    }
+    async fn mark_notified(&self, _: &str, _: u64) -> Result<(), StoreError> {
         Err(outage())
     }
     async fn add_repeats(&self, _: &str, _: u32, _: DateTime<Utc>) -> Result<(), StoreError> {

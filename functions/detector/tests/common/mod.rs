@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokenguard_core::conformance::{at, sample_read};
-use tokenguard_core::{Decision, Engine, Finding, MemoryStore, Notifier, Policy, StoreError};
+use tokenguard_core::{Alert, Decision, Engine, Finding, MemoryStore, Notifier, Policy, StoreError};
 use tokenguard_detector::{DynamoStore, create_tables};
 use tokenguard_e2e::moto::MotoServer;
 use tokenguard_schema::{Node, TokenRead};
@@ -47,7 +47,7 @@ pub async fn new_store(server: &MotoServer) -> DynamoStore {
 pub struct NullNotifier;
 
 impl Notifier for NullNotifier {
-    async fn notify(&self, _finding: &Finding) -> Result<(), StoreError> {
+    async fn notify(&self, _alert: &Alert<'_>) -> Result<(), StoreError> {
         Ok(())
     }
 }
