@@ -1,6 +1,7 @@
-//! The detector Lambda under cargo-lambda's emulator, with its DynamoDB
-//! tables and SNS topic in a moto server of its own, and SQS queues that
-//! collect its alerts.
+//! The detector Lambda, and optionally the CloudTrail Lambda, under
+//! cargo-lambda's emulator, with their DynamoDB tables, SNS topic and EKS
+//! clusters in a moto server of their own, and SQS queues that collect their
+//! alerts.
 //!
 //! Tests that share one stack keep apart by cluster name: each uses its own
 //! cluster and reads alerts from its own queue, subscribed to the topic with a
@@ -17,12 +18,17 @@ use tokenguard_core::Finding;
 use tokenguard_detector::dynamodb::attributes::{
     FINDING_ID, FINDING_JSON, PK, SK, VALUE_SK_PREFIX,
 };
+use tokenguard_schema::{Batch, BatchResponse, Node, Outcome, SCHEMA_VERSION, TokenRead};
 
-use crate::lambda::LambdaEmulator;
+use crate::lambda::{LambdaEmulator, Readiness};
 use crate::moto::{HelperError, MotoServer};
 
 /// Package and binary name of the detector.
 pub const FUNCTION: &str = "tokenguard-detector";
+/// Package and binary name of the CloudTrail function.
+pub const CLOUDTRAIL_FUNCTION: &str = "tokenguard-cloudtrail";
+/// Name of the correlation table in the stack's moto server.
+pub const CORRELATION_TABLE: &str = "e2e-correlation";
 /// Name of the baseline table in the stack's moto server.
 pub const BASELINE_TABLE: &str = "e2e-baseline";
 /// Name of the findings table in the stack's moto server.
@@ -88,11 +94,28 @@ pub struct BaselineValue {
     pub finding_id: Option<String>,
 }
 
+/// What a [`DetectorStack`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// `TOKENGUARD_LEARNING_PERIOD`, a duration such as `0s` or `7d`.
+    pub learning_period: String,
+    /// EKS clusters created in moto and set as `TOKENGUARD_CLUSTERS`; none
+    /// leaves the variable unset, so the detector accepts any cluster.
+    pub clusters: Vec<String>,
+    /// `TOKENGUARD_EGRESS_CIDRS`.
+    pub egress_cidrs: String,
+    /// Whether to run the CloudTrail function too.
+    pub cloudtrail: bool,
+}
+
 /// The detector served on a Function URL on 127.0.0.1, backed by a moto
 /// server. Dropping it stops both.
 #[derive(Debug)]
 pub struct DetectorStack {
     emulator: LambdaEmulator,
+    cloudtrail: Option<LambdaEmulator>,
+    /// OIDC issuer URL of each cluster created in moto.
+    issuers: HashMap<String, String>,
     /// Handles one request at a time, for the atomic conditional writes that
     /// DynamoDB gives and threaded moto does not. So no SQS read may
     /// long-poll, because that would stall the detector's writes.
@@ -109,6 +132,19 @@ impl DetectorStack {
     /// The first build of the detector and the AWS SDK takes minutes; the
     /// emulator's wait is bounded by [`crate::lambda::START_TIMEOUT`].
     pub async fn start(learning_period: &str) -> Result<DetectorStack, DetectorStackError> {
+        DetectorStack::start_with(StackOptions {
+            learning_period: learning_period.to_owned(),
+            ..StackOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a stack as `options` say: the tables and topic of
+    /// [`DetectorStack::start`], the correlation table, an EKS cluster in
+    /// moto for each of `options.clusters`, the detector and, if asked, the
+    /// CloudTrail function beside it.
+    pub async fn start_with(options: StackOptions) -> Result<DetectorStack, DetectorStackError> {
+        let learning_period = options.learning_period.as_str();
         let moto = tokio::task::spawn_blocking(MotoServer::start_serial)
             .await
             .map_err(|source| DetectorStackError::StartPanicked {
@@ -123,6 +159,16 @@ impl DetectorStack {
                 operation: "DynamoDB CreateTable",
                 message: error.to_string(),
             })?;
+        tokenguard_detector::create_correlation_table(&dynamodb, CORRELATION_TABLE)
+            .await
+            .map_err(|error| DetectorStackError::Aws {
+                operation: "DynamoDB CreateTable",
+                message: error.to_string(),
+            })?;
+        let mut issuers = HashMap::new();
+        for cluster in &options.clusters {
+            issuers.insert(cluster.clone(), create_cluster(&config, cluster).await?);
+        }
         let topic_arn = aws_sdk_sns::Client::new(&config)
             .create_topic()
             .name(TOPIC_NAME)
@@ -139,8 +185,12 @@ impl DetectorStack {
             ("TOKENGUARD_TOPIC_ARN", topic_arn.clone()),
             ("TOKENGUARD_LEARNING_PERIOD", learning_period.to_owned()),
             ("TOKENGUARD_FORGET_AFTER", FORGET_AFTER.to_owned()),
+            ("TOKENGUARD_CORRELATION_TABLE", CORRELATION_TABLE.to_owned()),
+            ("TOKENGUARD_EGRESS_CIDRS", options.egress_cidrs.clone()),
+            ("TOKENGUARD_CLUSTERS", options.clusters.join(",")),
             ("RUST_LOG", "info".to_owned()),
         ]);
+        let cloudtrail_env = env.clone();
         let emulator = tokio::task::spawn_blocking(move || {
             LambdaEmulator::start(FUNCTION, FUNCTION, &env, CONCURRENCY)
         })
@@ -149,11 +199,105 @@ impl DetectorStack {
             helper: "cargo lambda watch",
             source,
         })??;
+        let cloudtrail = if options.cloudtrail {
+            let emulator = tokio::task::spawn_blocking(move || {
+                let empty = r#"{"Records": []}"#.to_owned();
+                LambdaEmulator::start_with(
+                    CLOUDTRAIL_FUNCTION,
+                    CLOUDTRAIL_FUNCTION,
+                    &cloudtrail_env,
+                    CONCURRENCY,
+                    Readiness::Invoke(empty),
+                )
+            })
+            .await
+            .map_err(|source| DetectorStackError::StartPanicked {
+                helper: "cargo lambda watch",
+                source,
+            })??;
+            Some(emulator)
+        } else {
+            None
+        };
         Ok(DetectorStack {
             emulator,
+            cloudtrail,
+            issuers,
             moto,
             topic_arn,
         })
+    }
+
+    /// POSTs `body` to the detector's Function URL and returns the status and
+    /// response body.
+    pub async fn post(&self, body: String) -> Result<(u16, String), DetectorStackError> {
+        let failed = |error: reqwest::Error| DetectorStackError::Aws {
+            operation: "POST to the detector",
+            message: error.to_string(),
+        };
+        let response = reqwest::Client::new()
+            .post(self.function_url())
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(std::time::Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(failed)?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(failed)?))
+    }
+
+    /// POSTs `events` as one batch from a fixed node and returns their
+    /// outcomes; any status but 200 is an error.
+    pub async fn post_reads(
+        &self,
+        events: Vec<TokenRead>,
+    ) -> Result<Vec<Outcome>, DetectorStackError> {
+        let (status, body) = self.post(batch_body(events)).await?;
+        let invalid = |message: String| DetectorStackError::Invalid {
+            what: format!("detector response {body:?}"),
+            message,
+        };
+        if status != 200 {
+            return Err(invalid(format!("status {status}, expected 200")));
+        }
+        serde_json::from_str::<BatchResponse>(&body)
+            .map(|response| response.outcomes)
+            .map_err(|error| invalid(error.to_string()))
+    }
+
+    /// Returns the OIDC issuer URL that moto gave `cluster`.
+    pub fn issuer(&self, cluster: &str) -> Option<&str> {
+        self.issuers.get(cluster).map(String::as_str)
+    }
+
+    /// Returns the CloudTrail function's emulator, if the stack runs it.
+    pub fn cloudtrail(&self) -> Option<&LambdaEmulator> {
+        self.cloudtrail.as_ref()
+    }
+
+    /// Invokes the CloudTrail function with `payload` and returns the status
+    /// and the function's JSON response.
+    pub async fn invoke_cloudtrail(
+        &self,
+        payload: Value,
+    ) -> Result<(u16, Value), DetectorStackError> {
+        let Some(invoker) = self.cloudtrail.as_ref().map(LambdaEmulator::invoker) else {
+            return Err(DetectorStackError::Invalid {
+                what: "stack".to_owned(),
+                message: "it runs no CloudTrail function: start it with cloudtrail: true"
+                    .to_owned(),
+            });
+        };
+        let text = payload.to_string();
+        let (status, body) = tokio::task::spawn_blocking(move || invoker.invoke(&text))
+            .await
+            .map_err(|source| DetectorStackError::StartPanicked {
+                helper: "cargo lambda invoke",
+                source,
+            })??;
+        let response = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok((status, response))
     }
 
     /// Returns the detector's Function URL,
@@ -180,11 +324,23 @@ impl DetectorStack {
     /// Creates SQS queue `cluster`, subscribes it to the alert topic for
     /// alerts of `cluster` only, and returns the queue URL.
     pub async fn alert_queue(&self, cluster: &str) -> Result<String, DetectorStackError> {
+        self.filtered_alert_queue(cluster, json!({ "cluster": [cluster] }))
+            .await
+    }
+
+    /// Creates SQS queue `name`, subscribes it to the alert topic with the
+    /// filter policy `filter` on message attributes, and returns the queue
+    /// URL.
+    pub async fn filtered_alert_queue(
+        &self,
+        name: &str,
+        filter: Value,
+    ) -> Result<String, DetectorStackError> {
         let config = self.moto.sdk_config();
         let sqs = aws_sdk_sqs::Client::new(&config);
         let queue_url = sqs
             .create_queue()
-            .queue_name(cluster)
+            .queue_name(name)
             .send()
             .await
             .map_err(|error| aws_error("SQS CreateQueue", error))?
@@ -205,7 +361,7 @@ impl DetectorStack {
             .topic_arn(&self.topic_arn)
             .protocol("sqs")
             .endpoint(queue_arn)
-            .attributes("FilterPolicy", json!({ "cluster": [cluster] }).to_string())
+            .attributes("FilterPolicy", filter.to_string())
             .send()
             .await
             .map_err(|error| aws_error("SNS Subscribe", error))?;
@@ -318,6 +474,46 @@ impl DetectorStack {
             }
         }
     }
+}
+
+/// Encodes `events` as a batch from a fixed node.
+pub fn batch_body(events: Vec<TokenRead>) -> String {
+    let batch = Batch {
+        schema: SCHEMA_VERSION,
+        node: Node {
+            name: "ip-10-0-1-2.eu-west-1.compute.internal".to_owned(),
+            boot_id: "boot-e2e".to_owned(),
+            agent_version: Some("0.1.0".to_owned()),
+            hook: None,
+        },
+        events,
+    };
+    serde_json::to_string(&batch).unwrap_or_default()
+}
+
+/// Creates EKS cluster `name` in moto and returns its OIDC issuer URL.
+async fn create_cluster(
+    config: &aws_config::SdkConfig,
+    name: &str,
+) -> Result<String, DetectorStackError> {
+    let vpc = aws_sdk_eks::types::VpcConfigRequest::builder()
+        .subnet_ids("subnet-0a1b2c3d4e5f60718")
+        .build();
+    let output = aws_sdk_eks::Client::new(config)
+        .create_cluster()
+        .name(name)
+        .role_arn("arn:aws:iam::111122223333:role/eks-cluster")
+        .resources_vpc_config(vpc)
+        .send()
+        .await
+        .map_err(|error| aws_error("EKS CreateCluster", error))?;
+    output
+        .cluster()
+        .and_then(|cluster| cluster.identity())
+        .and_then(|identity| identity.oidc())
+        .and_then(|oidc| oidc.issuer())
+        .map(str::to_owned)
+        .ok_or_else(|| missing("EKS CreateCluster", "cluster.identity.oidc.issuer"))
 }
 
 /// Decodes a value item of the baseline table, or returns `None` for a scope

@@ -1,5 +1,5 @@
-//! The detector under cargo-lambda's emulator (`cargo lambda watch`), reached
-//! over its Function URL endpoint on 127.0.0.1.
+//! The Lambdas under cargo-lambda's emulator (`cargo lambda watch`), reached
+//! on 127.0.0.1 over the Function URL endpoint or the Invoke API.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -31,6 +31,16 @@ fn is_package_variable(name: &str) -> bool {
         )
 }
 
+/// How to tell that the emulator runs the function, not only its build.
+#[derive(Debug, Clone)]
+pub enum Readiness {
+    /// The function answers a GET on its Function URL with 405, which only
+    /// the detector's own handler does.
+    FunctionUrl,
+    /// An invocation with this payload returns 200.
+    Invoke(String),
+}
+
 /// A function running under `cargo lambda watch`, stopped on drop.
 #[derive(Debug)]
 pub struct LambdaEmulator {
@@ -53,6 +63,17 @@ impl LambdaEmulator {
         env: &[(&str, String)],
         concurrency: u32,
     ) -> Result<LambdaEmulator, HelperError> {
+        LambdaEmulator::start_with(package, function, env, concurrency, Readiness::FunctionUrl)
+    }
+
+    /// Like [`LambdaEmulator::start`], waiting for `readiness`.
+    pub fn start_with(
+        package: &str,
+        function: &str,
+        env: &[(&str, String)],
+        concurrency: u32,
+        readiness: Readiness,
+    ) -> Result<LambdaEmulator, HelperError> {
         let port = free_port()?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let root = workspace_root();
@@ -70,9 +91,20 @@ impl LambdaEmulator {
                 "CARGO_TARGET_DIR",
                 root.join("target").join("lambda-emulator"),
             );
-        for (key, value) in env {
-            command.arg("--env-var").arg(format!("{key}={value}"));
-        }
+        // `--env-var` splits its value at commas, so a list such as
+        // TOKENGUARD_CLUSTERS=a,b goes through a file instead.
+        let env_file = log_dir().join(format!("lambda-{function}-{port}.env"));
+        let lines: String = env
+            .iter()
+            .map(|(key, value)| format!("{key}={}\n", quote_env_value(value)))
+            .collect();
+        std::fs::create_dir_all(log_dir())
+            .and_then(|()| std::fs::write(&env_file, lines))
+            .map_err(|source| HelperError::Io {
+                what: format!("write {}", env_file.display()),
+                source,
+            })?;
+        command.arg("--env-file").arg(&env_file);
         // `cargo test` gives each test binary the CARGO_MANIFEST_DIR, CARGO_PKG_* and OUT_DIR
         // of its own package. Build scripts such as ring's declare rerun-if-env-changed on
         // them, so without this the emulator's `cargo run` rebuilds the detector each time a
@@ -85,11 +117,17 @@ impl LambdaEmulator {
         let log = log_dir().join(format!("lambda-{function}-{port}.log"));
         let mut child = GuardedChild::spawn("cargo lambda watch", &command, &log)?;
         // The emulator accepts connections before the build ends and queues or
-        // fails invocations until the function runs. Only the function itself
-        // responds to a GET with 405, so that status means ready.
-        let path = format!("/lambda-url/{function}/");
-        child.wait_until(address, START_TIMEOUT, || {
-            http_status(address, &path, Duration::from_secs(120)) == Some(405)
+        // fails invocations until the function runs.
+        let url_path = format!("/lambda-url/{function}/");
+        let invoke_path = invoke_path(function);
+        child.wait_until(address, START_TIMEOUT, || match &readiness {
+            Readiness::FunctionUrl => {
+                http_status(address, &url_path, Duration::from_secs(120)) == Some(405)
+            }
+            Readiness::Invoke(payload) => {
+                post(address, &invoke_path, payload, Duration::from_secs(120))
+                    .is_ok_and(|(status, _)| status == 200)
+            }
         })?;
         Ok(LambdaEmulator {
             address,
@@ -97,6 +135,14 @@ impl LambdaEmulator {
             log,
             _child: child,
         })
+    }
+
+    /// Returns a handle that invokes the function through the Invoke API.
+    pub fn invoker(&self) -> Invoker {
+        Invoker {
+            address: self.address,
+            function: self.function.clone(),
+        }
     }
 
     /// `http://127.0.0.1:<port>/lambda-url/<function>/`.
@@ -108,4 +154,70 @@ impl LambdaEmulator {
     pub fn log(&self) -> &PathBuf {
         &self.log
     }
+}
+
+/// Invokes one function of an emulator; it blocks, so async code runs it
+/// on a blocking thread.
+#[derive(Debug, Clone)]
+pub struct Invoker {
+    address: SocketAddr,
+    function: String,
+}
+
+impl Invoker {
+    /// Invokes the function with `payload` and returns the status and the
+    /// function's response.
+    pub fn invoke(&self, payload: &str) -> Result<(u16, String), HelperError> {
+        post(
+            self.address,
+            &invoke_path(&self.function),
+            payload,
+            Duration::from_secs(300),
+        )
+        .map_err(|source| HelperError::Io {
+            what: format!("invoke {} on the emulator", self.function),
+            source,
+        })
+    }
+}
+
+/// Quotes a value for a dotenv file, escaping what the quotes would end.
+fn quote_env_value(value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+fn invoke_path(function: &str) -> String {
+    format!("/2015-03-31/functions/{function}/invocations")
+}
+
+/// POSTs a JSON `body` over HTTP/1.0 and returns the status and body.
+fn post(
+    address: SocketAddr,
+    path: &str,
+    body: &str,
+    read_timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("the response has no header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("invalid status line in {head:?}")))?;
+    Ok((status, body.to_owned()))
 }

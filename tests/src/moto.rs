@@ -1,4 +1,4 @@
-//! A moto server on 127.0.0.1 that emulates DynamoDB, SNS and SQS.
+//! A moto server on 127.0.0.1 that emulates DynamoDB, SNS, SQS and EKS.
 //!
 //! The server runs from the Python virtual environment named by
 //! `TOKENGUARD_VENV`, by default `<workspace root>/.venv`, which
@@ -29,12 +29,26 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts moto's werkzeug app without request threads, so the server handles
 /// one request at a time. Arguments: host, port.
+///
+/// moto 5.2 draws one OIDC issuer id when it loads and gives it to every EKS
+/// cluster, while EKS gives each cluster its own. The script makes moto draw
+/// a new 32-digit id for each cluster, as EKS does, so that tests of two
+/// clusters see two issuers.
 const SERIAL_SERVER: &str = r#"
+import secrets
 import sys
+import moto.eks.models as eks_models
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
 )
+
+class IssuerPerCluster(str):
+    def format(self, **fields):
+        base = "https://oidc.eks.{region}.amazonaws.com/id/".format(**fields)
+        return base + secrets.token_hex(16).upper()
+
+eks_models.ISSUER_TEMPLATE = IssuerPerCluster()
 app = DomainDispatcherApplication(create_backend_app)
 run_simple(sys.argv[1], int(sys.argv[2]), app, threaded=False,
            request_handler=MotoRequestHandler)
@@ -73,6 +87,13 @@ pub enum HelperError {
     /// No free port could be found.
     #[error("failed to reserve a free port on 127.0.0.1: {0}")]
     Port(#[source] std::io::Error),
+    /// A request to a running helper failed.
+    #[error("failed to {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Root of the Cargo workspace.

@@ -7,15 +7,12 @@
 //! with a filter policy on the `cluster` attribute.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
 use tokenguard_core::conformance::sample_read;
 use tokenguard_e2e::detector::DetectorStack;
-use tokenguard_schema::{
-    Batch, BatchResponse, Node, Outcome, OutcomeStatus, SCHEMA_VERSION, TokenRead,
-};
+use tokenguard_schema::{Outcome, OutcomeStatus, TokenRead};
 use tokio::sync::OnceCell;
 
 static STACK: OnceCell<DetectorStack> = OnceCell::const_new();
@@ -45,39 +42,12 @@ fn read(cluster: &str, exe: &str, comm: &str, event_id: &str) -> TokenRead {
     read
 }
 
-fn batch(events: Vec<TokenRead>) -> String {
-    let batch = Batch {
-        schema: SCHEMA_VERSION,
-        node: Node {
-            name: "ip-10-0-1-2.eu-west-1.compute.internal".to_owned(),
-            boot_id: "boot-e2e".to_owned(),
-            agent_version: Some("0.1.0".to_owned()),
-            hook: None,
-        },
-        events,
-    };
-    serde_json::to_string(&batch).unwrap()
-}
-
 async fn post(stack: &DetectorStack, body: String) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(stack.function_url())
-        .header("content-type", "application/json")
-        .body(body)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+    stack.post(body).await.unwrap()
 }
 
 async fn post_batch(stack: &DetectorStack, events: Vec<TokenRead>) -> Vec<Outcome> {
-    let (status, body) = post(stack, batch(events)).await;
-    assert_eq!(status, 200, "response body: {body}");
-    serde_json::from_str::<BatchResponse>(&body)
-        .unwrap_or_else(|error| panic!("{error}: {body}"))
-        .outcomes
+    stack.post_reads(events).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

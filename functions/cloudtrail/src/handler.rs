@@ -40,9 +40,7 @@ where
                 serde_json::from_str::<Value>(body)
                     .map_err(|error| format!("the body is not JSON ({error})"))
             })
-            .and_then(|event| {
-                eventbridge_detail(&event, message_id).map_err(|error| error.reason)
-            });
+            .and_then(|event| eventbridge_detail(&event, message_id).map_err(|error| error.reason));
         let record = match record {
             Ok(record) => record,
             Err(reason) => {

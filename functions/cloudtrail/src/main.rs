@@ -99,9 +99,11 @@ async fn invoke(
                 handle_eventbridge(&function.engine, &function.resolver, &event, now).await?;
             return Ok(serde_json::to_value(counts)?);
         }
-        Err("unsupported event: expected an SQS batch or an EventBridge event of \
+        Err(
+            "unsupported event: expected an SQS batch or an EventBridge event of \
              CloudTrail API calls"
-            .into())
+                .into(),
+        )
     }
     .instrument(span)
     .await

@@ -165,10 +165,9 @@ impl<'a> Fields<'a> {
         match self.at(path) {
             None => Ok(None),
             Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => Err(self.error(format!(
-                "{path} is {}, expected a string",
-                type_name(other)
-            ))),
+            Some(other) => {
+                Err(self.error(format!("{path} is {}, expected a string", type_name(other))))
+            }
         }
     }
 
@@ -220,7 +219,9 @@ pub fn parse_record(record: &Value) -> Result<Parsed, RecordError> {
     };
 
     let api = match (event_source, event_name) {
-        ("sts.amazonaws.com", "AssumeRoleWithWebIdentity") => ExchangeApi::AssumeRoleWithWebIdentity,
+        ("sts.amazonaws.com", "AssumeRoleWithWebIdentity") => {
+            ExchangeApi::AssumeRoleWithWebIdentity
+        }
         ("eks-auth.amazonaws.com", "AssumeRoleForPodIdentity") => {
             ExchangeApi::AssumeRoleForPodIdentity
         }
@@ -268,8 +269,7 @@ pub fn parse_record(record: &Value) -> Result<Parsed, RecordError> {
     match api {
         ExchangeApi::AssumeRoleWithWebIdentity => {
             let user_name = fields.optional("userIdentity.userName")?;
-            let Some((namespace, service_account)) = user_name.and_then(service_account_of)
-            else {
+            let Some((namespace, service_account)) = user_name.and_then(service_account_of) else {
                 return ignored("a web identity that is not a Kubernetes service account");
             };
             let issuer = web_identity_issuer(&fields)?;
@@ -495,7 +495,11 @@ pub fn split_records(name: &str, text: &str) -> Vec<Result<RawRecord, InputError
 
 /// Whether text starts the way an S3 log file does.
 fn looks_like_log_file(text: &str) -> bool {
-    let head: String = text.chars().take(64).filter(|c| !c.is_whitespace()).collect();
+    let head: String = text
+        .chars()
+        .take(64)
+        .filter(|c| !c.is_whitespace())
+        .collect();
     head.starts_with("{\"Records\"")
 }
 

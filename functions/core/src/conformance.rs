@@ -354,3 +354,209 @@ pub async fn findings_replaced_by_version(store: &impl BaselineStore, finding: F
     missing.finding.finding_id = "tg-missing".to_owned();
     assert!(!store.replace_finding(&missing).await.unwrap());
 }
+
+/// Checks that every [`crate::correlate::CorrelationStore`] adapter must pass.
+pub mod correlation {
+    use std::net::IpAddr;
+
+    use super::{DAY, at};
+    use crate::cloudtrail::{ClusterRef, Exchange, ExchangeApi};
+    use crate::correlate::{
+        CallSignals, CorrelationStore, ExchangeFinding, ExchangeFindingRecord, ExchangeRecord,
+        MatchedCall, ReadRecord, Subject,
+    };
+
+    fn subject() -> Subject {
+        Subject {
+            cluster: "test".to_owned(),
+            namespace: Some("payments".to_owned()),
+            service_account: Some("payments-api".to_owned()),
+        }
+    }
+
+    fn exchange(event_id: &str, hours: i64) -> ExchangeRecord {
+        ExchangeRecord {
+            subject: subject(),
+            exchange: Exchange {
+                event_id: event_id.to_owned(),
+                event_time: at(hours),
+                api: ExchangeApi::AssumeRoleWithWebIdentity,
+                cluster: ClusterRef::Name("test".to_owned()),
+                namespace: Some("payments".to_owned()),
+                service_account: Some("payments-api".to_owned()),
+                pod_name: None,
+                pod_uid: None,
+                role_arn: Some("arn:aws:iam::111122223333:role/payments-api".to_owned()),
+                session_name: Some("botocore-session-1".to_owned()),
+                source_address: Some("198.51.100.20".to_owned()),
+                user_agent: Some("Boto3/1.35.10".to_owned()),
+                caller_arn: None,
+                vpc_endpoint_id: None,
+                error_code: None,
+                error_message: None,
+            },
+            signals: CallSignals::default(),
+        }
+    }
+
+    /// Exchanges are stored once per event and listed by time.
+    pub async fn exchanges_by_time(store: &impl CorrelationStore) {
+        let key = subject().key();
+        let first = exchange("x-1", 1);
+        assert_eq!(store.put_exchange(&first, at(25)).await.unwrap(), None);
+        let mut again = first.clone();
+        again.signals.new_user_agent = true;
+        assert_eq!(
+            store.put_exchange(&again, at(25)).await.unwrap(),
+            Some(first.clone()),
+            "a second put of one event returns the stored exchange"
+        );
+        store
+            .put_exchange(&exchange("x-2", 3), at(27))
+            .await
+            .unwrap();
+        let listed = store.exchanges_between(&key, at(0), at(2)).await.unwrap();
+        assert_eq!(listed, vec![first.clone()]);
+        let both = store.exchanges_between(&key, at(1), at(3)).await.unwrap();
+        assert_eq!(both.len(), 2, "bounds are inclusive");
+        let other = store
+            .exchanges_between("test/other/sa", at(0), at(5))
+            .await
+            .unwrap();
+        assert!(other.is_empty());
+    }
+
+    /// Reads are stored under each subject and listed by time.
+    pub async fn reads_by_time(store: &impl CorrelationStore) {
+        let keys = vec![subject().key(), "test/~eks-auth".to_owned()];
+        let unfamiliar = ReadRecord {
+            observed_at: at(1),
+            finding_id: Some("tg-1".to_owned()),
+            pod_uid: Some("pod-uid-1".to_owned()),
+        };
+        let marker = ReadRecord {
+            observed_at: at(1),
+            finding_id: None,
+            pod_uid: None,
+        };
+        store.put_read(&keys, &unfamiliar, at(25)).await.unwrap();
+        store.put_read(&keys[..1], &marker, at(25)).await.unwrap();
+        let reads = store.reads_between(&keys[0], at(1), at(1)).await.unwrap();
+        assert_eq!(reads.len(), 2, "{reads:?}");
+        assert!(reads.contains(&unfamiliar));
+        assert!(reads.contains(&marker));
+        let pod_identity = store.reads_between(&keys[1], at(0), at(2)).await.unwrap();
+        assert_eq!(pod_identity, vec![unfamiliar]);
+        assert!(
+            store
+                .reads_between(&keys[0], at(2), at(3))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A profile says which values are new, and forgets old ones.
+    pub async fn profile_marks_new_values(store: &impl CorrelationStore) {
+        let key = subject().key();
+        let values = vec!["ua:Boto3".to_owned(), "sn:botocore-session-#".to_owned()];
+        let first = store
+            .record_profile(&key, &values, at(0), 2 * DAY)
+            .await
+            .unwrap();
+        assert!(first.created);
+        assert_eq!(first.first_seen, at(0));
+        assert_eq!(first.new, vec![true, true]);
+
+        let mixed = vec!["ua:Boto3".to_owned(), "ua:aws-cli".to_owned()];
+        let second = store
+            .record_profile(&key, &mixed, at(1), 2 * DAY)
+            .await
+            .unwrap();
+        assert!(!second.created);
+        assert_eq!(second.first_seen, at(0));
+        assert_eq!(second.new, vec![false, true]);
+
+        let late = store
+            .record_profile(&key, &values[1..], at(60), 2 * DAY)
+            .await
+            .unwrap();
+        assert_eq!(
+            late.new,
+            vec![true],
+            "a value unseen for forget_after is new again"
+        );
+    }
+
+    /// Learned egress is listed until forgotten.
+    pub async fn egress_learned(store: &impl CorrelationStore) {
+        let nat: IpAddr = "192.0.2.50".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert!(
+            store
+                .learned_egress("test", at(0), 2 * DAY)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store
+            .learn_egress("test", nat, at(0), 2 * DAY)
+            .await
+            .unwrap();
+        store
+            .learn_egress("test", v6, at(1), 2 * DAY)
+            .await
+            .unwrap();
+        let learned = store.learned_egress("test", at(2), 2 * DAY).await.unwrap();
+        assert_eq!(learned, vec![nat, v6]);
+        assert!(
+            store
+                .learned_egress("other", at(2), 2 * DAY)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let later = store.learned_egress("test", at(48), 2 * DAY).await.unwrap();
+        assert_eq!(
+            later,
+            vec![v6],
+            "an address unseen for forget_after is forgotten"
+        );
+    }
+
+    /// Exchange findings are created once, count repeats once each, and
+    /// record delivery.
+    pub async fn exchange_findings_fold(store: &impl CorrelationStore) {
+        let record = exchange("x-1", 1);
+        let call = MatchedCall::of(&record.exchange, record.signals);
+        let finding = ExchangeFinding::new(&subject(), call.clone(), Vec::new(), at(1));
+        let fresh = ExchangeFindingRecord {
+            finding: finding.clone(),
+            notified: false,
+        };
+        assert_eq!(store.put_exchange_finding(&fresh).await.unwrap(), None);
+        let stored = store.put_exchange_finding(&fresh).await.unwrap();
+        assert_eq!(stored.as_ref().map(|r| &r.finding), Some(&finding));
+
+        let repeat = MatchedCall::of(&exchange("x-2", 2).exchange, CallSignals::default());
+        store
+            .fold_exchange_finding(&finding.finding_id, &repeat)
+            .await
+            .unwrap();
+        store
+            .fold_exchange_finding(&finding.finding_id, &repeat)
+            .await
+            .unwrap();
+        store
+            .mark_exchange_notified(&finding.finding_id)
+            .await
+            .unwrap();
+        let stored = store.put_exchange_finding(&fresh).await.unwrap().unwrap();
+        assert_eq!(
+            stored.finding.repeat_count, 1,
+            "a redelivered repeat counts once"
+        );
+        assert_eq!(stored.finding.last_seen, at(2));
+        assert!(stored.notified);
+    }
+}

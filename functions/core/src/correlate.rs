@@ -123,7 +123,10 @@ impl Subject {
     pub fn describe(&self) -> String {
         match (&self.namespace, &self.service_account) {
             (Some(namespace), Some(account)) => {
-                format!("service account {namespace}/{account} of cluster {}", self.cluster)
+                format!(
+                    "service account {namespace}/{account} of cluster {}",
+                    self.cluster
+                )
             }
             _ => format!("EKS Pod Identity of cluster {}", self.cluster),
         }
@@ -241,7 +244,11 @@ impl Correlation {
     /// Adds a call, folding it into an alike one. Returns `false`, changing
     /// nothing, when the call's event was added before.
     pub fn add(&mut self, call: &MatchedCall) -> bool {
-        if self.calls.iter().any(|known| known.contains(&call.event_id)) {
+        if self
+            .calls
+            .iter()
+            .any(|known| known.contains(&call.event_id))
+        {
             return false;
         }
         match self.calls.iter_mut().find(|known| known.folds(call)) {
@@ -300,7 +307,9 @@ pub fn describe_call(call: &MatchedCall, read_at: DateTime<Utc>) -> String {
     }
     if call.signals.new_user_agent {
         let agent = call.user_agent.as_deref().unwrap_or("(none)");
-        notes.push(format!("user agent {agent:?} never used by this service account"));
+        notes.push(format!(
+            "user agent {agent:?} never used by this service account"
+        ));
     }
     if call.signals.new_session_name {
         let session = call.session_name.as_deref().unwrap_or("(none)");

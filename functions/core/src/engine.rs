@@ -9,8 +9,8 @@ use tracing::{debug, info, warn};
 
 use crate::correlate::{CorrelationPolicy, CorrelationStore, NoCorrelation};
 use crate::finding::{
-    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule,
-    finding_id, triage_steps,
+    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule, finding_id,
+    triage_steps,
 };
 use crate::policy::Policy;
 use crate::render::Alert;
@@ -19,8 +19,8 @@ use crate::store::{BaselineStore, FindingRecord, Notifier, StoreError, ValueSigh
 
 mod correlation;
 
-pub use correlation::ExchangeDecision;
 use correlation::Correlator;
+pub use correlation::ExchangeDecision;
 
 /// What the engine decided for one read.
 #[derive(Debug, Clone, PartialEq)]

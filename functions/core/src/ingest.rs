@@ -20,9 +20,15 @@ pub enum RecordOutcome {
         decision: ExchangeDecision,
     },
     /// Not a token exchange of EKS.
-    Ignored { event_id: String, reason: &'static str },
+    Ignored {
+        event_id: String,
+        reason: &'static str,
+    },
     /// A token exchange of a cluster that is not configured.
-    UnknownCluster { event_id: String, cluster: ClusterRef },
+    UnknownCluster {
+        event_id: String,
+        cluster: ClusterRef,
+    },
     /// Not a usable record; it is logged and dropped, because retrying it
     /// cannot help.
     Invalid {

@@ -13,7 +13,10 @@ pub enum Alert<'a> {
     Finding(&'a Finding),
     /// A follow-up: the finding's severity rose from `from` after its first
     /// alert went out.
-    Escalation { finding: &'a Finding, from: Severity },
+    Escalation {
+        finding: &'a Finding,
+        from: Severity,
+    },
     /// An exchange from outside the egress with no read.
     Exchange(&'a ExchangeFinding),
 }
@@ -91,7 +94,11 @@ fn render_finding(finding: &Finding, escalated_from: Option<Severity>) -> AlertM
         finding.finding_id,
     );
     if let Some(change) = finding.changes.last() {
-        default.push_str(&format!("; raised to {}: {}", change.to.as_str(), change.reason));
+        default.push_str(&format!(
+            "; raised to {}: {}",
+            change.to.as_str(),
+            change.reason
+        ));
     }
 
     let mut attributes = vec![

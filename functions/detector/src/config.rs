@@ -159,7 +159,11 @@ impl Config {
 /// Splits a comma-separated list of EKS cluster names.
 pub fn parse_clusters(text: &str) -> Result<Vec<String>, ConfigError> {
     let mut clusters = Vec::new();
-    for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+    for name in text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
         let valid = name.len() <= 100
             && name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && name
@@ -264,10 +268,26 @@ mod tests {
     #[test]
     fn bad_correlation_settings_named() {
         for (name, value, start) in [
-            (CORRELATION_WINDOW_VAR, "0s", "invalid TOKENGUARD_CORRELATION_WINDOW \"0s\""),
-            (CORRELATION_WINDOW_VAR, "2d", "invalid TOKENGUARD_CORRELATION_WINDOW \"2d\""),
-            (EGRESS_CIDRS_VAR, "nat", "invalid TOKENGUARD_EGRESS_CIDRS: invalid egress CIDR"),
-            (CLUSTERS_VAR, "prod,-x", "invalid TOKENGUARD_CLUSTERS entry \"-x\""),
+            (
+                CORRELATION_WINDOW_VAR,
+                "0s",
+                "invalid TOKENGUARD_CORRELATION_WINDOW \"0s\"",
+            ),
+            (
+                CORRELATION_WINDOW_VAR,
+                "2d",
+                "invalid TOKENGUARD_CORRELATION_WINDOW \"2d\"",
+            ),
+            (
+                EGRESS_CIDRS_VAR,
+                "nat",
+                "invalid TOKENGUARD_EGRESS_CIDRS: invalid egress CIDR",
+            ),
+            (
+                CLUSTERS_VAR,
+                "prod,-x",
+                "invalid TOKENGUARD_CLUSTERS entry \"-x\"",
+            ),
         ] {
             let mut vars = required();
             vars.push((name, value));

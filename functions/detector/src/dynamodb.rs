@@ -28,8 +28,8 @@ use crate::aws_error::{Resource, classify};
 use attributes::{EXPIRES_AT, FINDING_ID, LAST_SEEN_US, PK, SCOPE_SK, SK, VALUE_SK_PREFIX};
 use item::{Item, epoch_micros, expires_at, is_expired, n, rfc3339, s};
 
-pub use item::{FINDING_RETENTION, value_sk};
 pub use correlation::DynamoCorrelation;
+pub use item::{FINDING_RETENTION, value_sk};
 pub use tables::{create_correlation_table, create_tables};
 
 /// Condition under which an item counts as absent: it does not exist, its TTL

@@ -17,7 +17,9 @@ use tokenguard_detector::dynamodb::attributes::{
     SCOPE_SK, SIGHTINGS, SK,
 };
 use tokenguard_detector::dynamodb::value_sk;
-use tokenguard_detector::{DynamoStore, create_tables};
+use tokenguard_detector::{
+    DynamoCorrelation, DynamoStore, create_correlation_table, create_tables,
+};
 use tokenguard_e2e::moto::MotoServer;
 use tokenguard_schema::MAX_EXE_LEN;
 use tokio::sync::Barrier;
@@ -418,4 +420,26 @@ async fn unreachable_endpoint_transient() {
         matches!(error, StoreError::Transient { .. }),
         "a refused connection is transient, got {error:?}"
     );
+}
+
+async fn correlation_store(moto: &MotoServer) -> DynamoCorrelation {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (table, findings) = (format!("correlation-{n}"), format!("cfindings-{n}"));
+    create_correlation_table(&client, &table).await.unwrap();
+    create_tables(&client, &format!("cbaseline-{n}"), &findings)
+        .await
+        .unwrap();
+    DynamoCorrelation::new(client, table, findings)
+}
+
+#[tokio::test]
+async fn correlation_conformance() {
+    use conformance::correlation;
+    correlation::exchanges_by_time(&correlation_store(moto()).await).await;
+    correlation::reads_by_time(&correlation_store(moto()).await).await;
+    correlation::profile_marks_new_values(&correlation_store(moto()).await).await;
+    correlation::egress_learned(&correlation_store(moto()).await).await;
+    correlation::exchange_findings_fold(&correlation_store(moto()).await).await;
 }

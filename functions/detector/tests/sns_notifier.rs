@@ -154,7 +154,10 @@ async fn missing_topic_names_fix() {
     let topic_arn = "arn:aws:sns:eu-west-1:123456789012:tokenguard-absent";
     let notifier = SnsNotifier::new(sns, topic_arn);
     let finding = sample_finding().await;
-    let error = notifier.notify(&Alert::Finding(&finding)).await.unwrap_err();
+    let error = notifier
+        .notify(&Alert::Finding(&finding))
+        .await
+        .unwrap_err();
     let StoreError::Permanent { message, .. } = &error else {
         panic!("a missing topic is permanent, got {error:?}");
     };

@@ -105,7 +105,17 @@ impl<L: IssuerLookup> ClusterResolver<L> {
         for cluster in &self.clusters {
             match self.lookup.issuer(cluster).await? {
                 Some(issuer) => {
-                    issuers.insert(issuer_key(&issuer), cluster.clone());
+                    let key = issuer_key(&issuer);
+                    if let Some(first) = issuers.get(&key) {
+                        // EKS gives each cluster its own issuer, so this is a
+                        // stand-in or a misconfiguration: keep the first.
+                        warn!(
+                            cluster, other = %first, issuer,
+                            "two clusters report one OIDC issuer; records of it go to the first"
+                        );
+                        continue;
+                    }
+                    issuers.insert(key, cluster.clone());
                 }
                 None => warn!(
                     cluster,
@@ -146,12 +156,24 @@ mod tests {
             vec!["prod".to_owned(), "gone".to_owned()],
             Counting::default(),
         );
-        let prod = ClusterRef::Issuer("https://oidc.eks.eu-west-1.amazonaws.com/id/AAAA1111".into());
-        assert_eq!(resolver.resolve(&prod).await.unwrap().as_deref(), Some("prod"));
-        assert_eq!(resolver.resolve(&prod).await.unwrap().as_deref(), Some("prod"));
-        assert_eq!(resolver.lookup.calls.load(Ordering::SeqCst), 2, "one refresh");
+        let prod =
+            ClusterRef::Issuer("https://oidc.eks.eu-west-1.amazonaws.com/id/AAAA1111".into());
+        assert_eq!(
+            resolver.resolve(&prod).await.unwrap().as_deref(),
+            Some("prod")
+        );
+        assert_eq!(
+            resolver.resolve(&prod).await.unwrap().as_deref(),
+            Some("prod")
+        );
+        assert_eq!(
+            resolver.lookup.calls.load(Ordering::SeqCst),
+            2,
+            "one refresh"
+        );
 
-        let other = ClusterRef::Issuer("https://oidc.eks.eu-west-1.amazonaws.com/id/BBBB2222".into());
+        let other =
+            ClusterRef::Issuer("https://oidc.eks.eu-west-1.amazonaws.com/id/BBBB2222".into());
         assert_eq!(resolver.resolve(&other).await.unwrap(), None);
         assert_eq!(
             resolver.lookup.calls.load(Ordering::SeqCst),
@@ -164,7 +186,10 @@ mod tests {
     async fn names_checked() {
         let resolver = ClusterResolver::new(vec!["prod".to_owned()], StaticIssuers::default());
         let prod = ClusterRef::Name("prod".to_owned());
-        assert_eq!(resolver.resolve(&prod).await.unwrap().as_deref(), Some("prod"));
+        assert_eq!(
+            resolver.resolve(&prod).await.unwrap().as_deref(),
+            Some("prod")
+        );
         let other = ClusterRef::Name("staging".to_owned());
         assert_eq!(resolver.resolve(&other).await.unwrap(), None);
     }

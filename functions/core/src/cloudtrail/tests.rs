@@ -49,7 +49,10 @@ fn irsa_exchange_parsed() {
         exchange.role_arn.as_deref(),
         Some("arn:aws:iam::111122223333:role/payments-api")
     );
-    assert_eq!(exchange.event_time.to_rfc3339(), "2026-12-01T10:00:05+00:00");
+    assert_eq!(
+        exchange.event_time.to_rfc3339(),
+        "2026-12-01T10:00:05+00:00"
+    );
     assert!(exchange.succeeded());
     assert_eq!(exchange.outcome(), "success");
 }
@@ -153,17 +156,26 @@ fn malformed_records_named() {
     let mut bad_time = fixture("irsa-success");
     bad_time["eventTime"] = json!("yesterday");
     let error = parse_record(&bad_time).unwrap_err();
-    assert!(error.reason.starts_with("eventTime \"yesterday\" is not"), "{error}");
+    assert!(
+        error.reason.starts_with("eventTime \"yesterday\" is not"),
+        "{error}"
+    );
 
     let mut wrong_type = fixture("irsa-success");
     wrong_type["sourceIPAddress"] = json!(42);
     let error = parse_record(&wrong_type).unwrap_err();
-    assert_eq!(error.reason, "sourceIPAddress is a number, expected a string");
+    assert_eq!(
+        error.reason,
+        "sourceIPAddress is a number, expected a string"
+    );
 
     let mut no_tags = fixture("podidentity-sts-assumerole");
     no_tags["requestParameters"]["tags"] = json!("pod");
     let error = parse_record(&no_tags).unwrap_err();
-    assert_eq!(error.reason, "requestParameters.tags is a string, expected an array");
+    assert_eq!(
+        error.reason,
+        "requestParameters.tags is a string, expected an array"
+    );
 
     let mut no_id = fixture("irsa-success");
     no_id["eventID"] = json!(7);
@@ -228,7 +240,10 @@ fn eventbridge_lines_split() {
     assert_eq!(not_json.origin, "events.jsonl:3");
     assert!(not_json.reason.starts_with("not JSON"), "{not_json}");
     let wrong_type = records[2].as_ref().unwrap_err();
-    assert!(wrong_type.reason.contains("EC2 Instance State-change"), "{wrong_type}");
+    assert!(
+        wrong_type.reason.contains("EC2 Instance State-change"),
+        "{wrong_type}"
+    );
     assert_eq!(
         records[3].as_ref().unwrap().record["eventSource"],
         "eks-auth.amazonaws.com"
@@ -240,5 +255,11 @@ fn broken_log_file_one_error() {
     let text = "{\"Records\": [\n  {\"eventID\": \"x\"},\n";
     let records = split_records("cut.json", text);
     assert_eq!(records.len(), 1);
-    assert!(records[0].as_ref().unwrap_err().reason.starts_with("not valid JSON"));
+    assert!(
+        records[0]
+            .as_ref()
+            .unwrap_err()
+            .reason
+            .starts_with("not valid JSON")
+    );
 }

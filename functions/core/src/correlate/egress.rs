@@ -72,7 +72,8 @@ mod tests {
 
     #[test]
     fn entries_parse() {
-        let egress = EgressCidrs::parse("203.0.113.0/24, prod=198.51.100.7, 2001:db8::/32").unwrap();
+        let egress =
+            EgressCidrs::parse("203.0.113.0/24, prod=198.51.100.7, 2001:db8::/32").unwrap();
         let address = |text: &str| text.parse::<IpAddr>().unwrap();
         assert!(egress.contains("prod", address("203.0.113.9")));
         assert!(egress.contains("prod", address("198.51.100.7")));
@@ -96,7 +97,11 @@ mod tests {
     fn bad_entry_named() {
         let error = EgressCidrs::parse("203.0.113.0/24,prod=nat-gateway").unwrap_err();
         assert_eq!(error.entry, "prod=nat-gateway");
-        assert!(error.to_string().starts_with("invalid egress CIDR \"prod=nat-gateway\""));
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid egress CIDR \"prod=nat-gateway\"")
+        );
         assert!(EgressCidrs::parse("=203.0.113.0/24").is_err());
         assert!(EgressCidrs::parse("203.0.113.0/33").is_err());
     }

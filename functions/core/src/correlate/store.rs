@@ -168,7 +168,12 @@ impl CorrelationStore for NoCorrelation {
         match *self {}
     }
 
-    async fn put_read(&self, _: &[String], _: &ReadRecord, _: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn put_read(
+        &self,
+        _: &[String],
+        _: &ReadRecord,
+        _: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         match *self {}
     }
 
@@ -309,7 +314,12 @@ impl CorrelationStore for MemoryStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<ExchangeRecord>, StoreError> {
-        Ok(range_of(&self.correlation().exchanges, subject_key, from, to))
+        Ok(range_of(
+            &self.correlation().exchanges,
+            subject_key,
+            from,
+            to,
+        ))
     }
 
     async fn put_read(
@@ -320,7 +330,11 @@ impl CorrelationStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut state = self.correlation();
         for subject_key in subject_keys {
-            let key = (subject_key.clone(), record.observed_at, record.id().to_owned());
+            let key = (
+                subject_key.clone(),
+                record.observed_at,
+                record.id().to_owned(),
+            );
             state.reads.insert(key, record.clone());
         }
         let retention = expires_at - record.observed_at;
@@ -418,9 +432,10 @@ impl CorrelationStore for MemoryStore {
             return Ok(Some(stored.clone()));
         }
         let last_event = record.finding.call.event_id.clone();
-        state
-            .findings
-            .insert(record.finding.finding_id.clone(), (record.clone(), last_event));
+        state.findings.insert(
+            record.finding.finding_id.clone(),
+            (record.clone(), last_event),
+        );
         Ok(None)
     }
 

@@ -125,7 +125,11 @@ async fn read_then_exchange_escalates() {
     assert!(calls[0].signals.new_user_agent);
     assert!(!calls[0].signals.outside_egress);
     assert_eq!(updated.changes.len(), 1);
-    assert!(updated.changes[0].reason.contains("10m0s after the read"), "{:?}", updated.changes);
+    assert!(
+        updated.changes[0].reason.contains("10m0s after the read"),
+        "{:?}",
+        updated.changes
+    );
 
     let sent = alerts(&engine);
     assert_eq!(sent.len(), 2, "{sent:?}");
@@ -166,7 +170,10 @@ async fn exchange_then_read_matches() {
         .process_exchange(&early, CLUSTER, minutes(at(2), 5))
         .await
         .unwrap();
-    assert!(matches!(decision, ExchangeDecision::Finding(_)), "{decision:?}");
+    assert!(
+        matches!(decision, ExchangeDecision::Finding(_)),
+        "{decision:?}"
+    );
 
     // The agent's post was late: the read lands after its exchange.
     let curl = read_at("/usr/bin/curl", at(2), "b:2");
@@ -185,7 +192,11 @@ async fn exchange_then_read_matches() {
     let SentAlert::Finding(first) = sent.last().unwrap() else {
         panic!("expected a first alert, got {sent:?}");
     };
-    assert_eq!(first.severity, Severity::Critical, "the first alert carries the match");
+    assert_eq!(
+        first.severity,
+        Severity::Critical,
+        "the first alert carries the match"
+    );
 }
 
 #[tokio::test]
@@ -200,7 +211,11 @@ async fn outside_egress_critical() {
         .unwrap();
     let updated = stored(&engine, &finding.finding_id).await;
     assert_eq!(updated.severity, Severity::Critical);
-    assert!(updated.changes[0].reason.contains("outside the cluster's egress"));
+    assert!(
+        updated.changes[0]
+            .reason
+            .contains("outside the cluster's egress")
+    );
 }
 
 #[tokio::test]
@@ -251,7 +266,10 @@ async fn unknown_egress_judges_nothing() {
     );
     let far = from_address(irsa_at(at(5), "x-1"), "203.0.113.9", AWS_CLI);
     let decision = engine.process_exchange(&far, CLUSTER, at(5)).await.unwrap();
-    assert!(matches!(decision, ExchangeDecision::Stored { .. }), "{decision:?}");
+    assert!(
+        matches!(decision, ExchangeDecision::Stored { .. }),
+        "{decision:?}"
+    );
     assert!(alerts(&engine).is_empty());
 }
 
@@ -282,7 +300,10 @@ async fn familiar_read_teaches_egress() {
 
     // Later, with no read near it, the same address is inside.
     let later = from_address(irsa_at(at(6), "x-2"), "192.0.2.50", AWS_CLI);
-    let decision = engine.process_exchange(&later, CLUSTER, at(6)).await.unwrap();
+    let decision = engine
+        .process_exchange(&later, CLUSTER, at(6))
+        .await
+        .unwrap();
     let ExchangeDecision::Stored { signals, .. } = decision else {
         panic!("expected a stored exchange, got {decision:?}");
     };
@@ -329,7 +350,12 @@ async fn pod_identity_matches_exact_pod() {
     let matched = stored(&engine, &this_finding.finding_id).await;
     let call = &matched.correlation.unwrap().calls[0];
     assert_eq!(call.pod_uid.as_deref(), Some(uid));
-    assert!(stored(&engine, &other_finding.finding_id).await.correlation.is_none());
+    assert!(
+        stored(&engine, &other_finding.finding_id)
+            .await
+            .correlation
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -343,7 +369,10 @@ async fn other_subjects_never_match() {
         .process_exchange(&other_account, CLUSTER, minutes(at(2), 5))
         .await
         .unwrap();
-    assert!(!matches!(decision, ExchangeDecision::Matched { .. }), "{decision:?}");
+    assert!(
+        !matches!(decision, ExchangeDecision::Matched { .. }),
+        "{decision:?}"
+    );
 
     // The same namespace and service account names in another cluster.
     let other_cluster = from_address(irsa_at(minutes(at(2), 2), "x-2"), "203.0.113.9", AWS_CLI);
@@ -351,7 +380,10 @@ async fn other_subjects_never_match() {
         .process_exchange(&other_cluster, "staging", minutes(at(2), 5))
         .await
         .unwrap();
-    assert!(!matches!(decision, ExchangeDecision::Matched { .. }), "{decision:?}");
+    assert!(
+        !matches!(decision, ExchangeDecision::Matched { .. }),
+        "{decision:?}"
+    );
 
     // Outside the window.
     let late = from_address(irsa_at(minutes(at(2), 16), "x-3"), "203.0.113.9", AWS_CLI);
@@ -359,7 +391,10 @@ async fn other_subjects_never_match() {
         .process_exchange(&late, CLUSTER, minutes(at(2), 20))
         .await
         .unwrap();
-    assert!(!matches!(decision, ExchangeDecision::Matched { .. }), "{decision:?}");
+    assert!(
+        !matches!(decision, ExchangeDecision::Matched { .. }),
+        "{decision:?}"
+    );
 
     let untouched = stored(&engine, &finding.finding_id).await;
     assert!(untouched.correlation.is_none());
@@ -379,7 +414,10 @@ async fn failed_exchange_raises_one_step() {
         .unwrap();
     let updated = stored(&engine, &finding.finding_id).await;
     assert_eq!(updated.severity, Severity::High);
-    assert_eq!(updated.correlation.unwrap().calls[0].outcome, "failed: AccessDenied");
+    assert_eq!(
+        updated.correlation.unwrap().calls[0].outcome,
+        "failed: AccessDenied"
+    );
 }
 
 #[tokio::test]
@@ -400,7 +438,11 @@ async fn duplicate_event_counted_once() {
     let calls = updated.correlation.unwrap().calls;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].count, 1);
-    assert_eq!(alerts(&engine).len(), 2, "one first alert and one follow-up");
+    assert_eq!(
+        alerts(&engine).len(),
+        2,
+        "one first alert and one follow-up"
+    );
 }
 
 #[tokio::test]
@@ -426,18 +468,25 @@ async fn repeated_calls_fold() {
 async fn learning_hides_new_agents() {
     let engine = engine();
     let first = irsa_at(at(0), "x-1");
-    engine.process_exchange(&first, CLUSTER, at(0)).await.unwrap();
+    engine
+        .process_exchange(&first, CLUSTER, at(0))
+        .await
+        .unwrap();
     let cli = from_address(irsa_at(minutes(at(0), 30), "x-2"), "198.51.100.20", AWS_CLI);
-    let ExchangeDecision::Stored { signals, .. } =
-        engine.process_exchange(&cli, CLUSTER, minutes(at(0), 30)).await.unwrap()
+    let ExchangeDecision::Stored { signals, .. } = engine
+        .process_exchange(&cli, CLUSTER, minutes(at(0), 30))
+        .await
+        .unwrap()
     else {
         panic!("expected a stored exchange");
     };
     assert!(!signals.new_user_agent, "learning keeps new agents quiet");
 
     let other = from_address(irsa_at(at(2), "x-3"), "198.51.100.20", "curl/8.5.0");
-    let ExchangeDecision::Stored { signals, .. } =
-        engine.process_exchange(&other, CLUSTER, at(2)).await.unwrap()
+    let ExchangeDecision::Stored { signals, .. } = engine
+        .process_exchange(&other, CLUSTER, at(2))
+        .await
+        .unwrap()
     else {
         panic!("expected a stored exchange");
     };
@@ -463,9 +512,18 @@ fn severity_rules() {
     };
     let medium = Severity::Medium;
     assert_eq!(correlated_severity(medium, &[]), Severity::Medium);
-    assert_eq!(correlated_severity(medium, &[call("success", quiet)]), Severity::Medium);
-    assert_eq!(correlated_severity(medium, &[call("success", new_agent)]), Severity::High);
-    assert_eq!(correlated_severity(medium, &[call("success", outside)]), Severity::Critical);
+    assert_eq!(
+        correlated_severity(medium, &[call("success", quiet)]),
+        Severity::Medium
+    );
+    assert_eq!(
+        correlated_severity(medium, &[call("success", new_agent)]),
+        Severity::High
+    );
+    assert_eq!(
+        correlated_severity(medium, &[call("success", outside)]),
+        Severity::Critical
+    );
     assert_eq!(
         correlated_severity(medium, &[call("failed: AccessDenied", outside)]),
         Severity::High,
@@ -474,11 +532,17 @@ fn severity_rules() {
     assert_eq!(
         correlated_severity(
             medium,
-            &[call("success", new_agent), call("failed: AccessDenied", quiet)]
+            &[
+                call("success", new_agent),
+                call("failed: AccessDenied", quiet)
+            ]
         ),
         Severity::Critical
     );
-    assert_eq!(correlated_severity(Severity::High, &[call("failed: x", quiet)]), Severity::Critical);
+    assert_eq!(
+        correlated_severity(Severity::High, &[call("failed: x", quiet)]),
+        Severity::Critical
+    );
 }
 
 #[test]
@@ -490,7 +554,10 @@ fn subjects_keyed_apart() {
 
     let mut pod_identity = read.clone();
     pod_identity.token.kind = TokenKind::PodIdentity;
-    let keys: Vec<_> = Subject::of_read(&pod_identity).iter().map(Subject::key).collect();
+    let keys: Vec<_> = Subject::of_read(&pod_identity)
+        .iter()
+        .map(Subject::key)
+        .collect();
     assert_eq!(keys, vec!["test/payments/payments-api", "test/~eks-auth"]);
 
     let mut unnamed = read;

@@ -131,7 +131,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         let Some(correlator) = &self.correlation else {
             return;
         };
-        let Ok(minute) = read.observed_at.duration_trunc(chrono::Duration::minutes(1)) else {
+        let Ok(minute) = read
+            .observed_at
+            .duration_trunc(chrono::Duration::minutes(1))
+        else {
             return;
         };
         let keys: Vec<String> = {
@@ -249,7 +252,8 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                     continue;
                 }
                 changed = true;
-                let severity = correlated_severity(finding.rule.base_severity(), &correlation.calls);
+                let severity =
+                    correlated_severity(finding.rule.base_severity(), &correlation.calls);
                 if severity > finding.severity {
                     finding.changes.push(SeverityChange {
                         at: now,
@@ -286,7 +290,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                     changed,
                 }));
             }
-            debug!(finding_id, "finding changed while calls were merged; merging again");
+            debug!(
+                finding_id,
+                "finding changed while calls were merged; merging again"
+            );
             record = match self.store.get_finding(finding_id).await? {
                 Some(record) => record,
                 None => return Ok(None),
@@ -322,7 +329,9 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         let subject = Subject::of_exchange(exchange, cluster);
         let mut resolved = exchange.clone();
         resolved.cluster = ClusterRef::Name(cluster.to_owned());
-        let signals = self.exchange_signals(correlator, &subject, &resolved).await?;
+        let signals = self
+            .exchange_signals(correlator, &subject, &resolved)
+            .await?;
         let record = ExchangeRecord {
             subject,
             exchange: resolved,
@@ -475,7 +484,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         };
         let stored = correlator.store.put_exchange_finding(&fresh).await?;
         let (record_to_alert, decision) = match stored {
-            None => (fresh.clone(), ExchangeDecision::Finding(Box::new(fresh.finding))),
+            None => (
+                fresh.clone(),
+                ExchangeDecision::Finding(Box::new(fresh.finding)),
+            ),
             Some(existing) if existing.finding.call.event_id == exchange.event_id => {
                 if existing.notified {
                     return Ok(ExchangeDecision::Duplicate);
@@ -620,7 +632,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         }
         let known = configured.for_cluster(cluster).next().is_some() || !learned.is_empty();
         if !known {
-            debug!(cluster, "no egress known for the cluster: no address counts as outside");
+            debug!(
+                cluster,
+                "no egress known for the cluster: no address counts as outside"
+            );
         }
         Ok(known)
     }

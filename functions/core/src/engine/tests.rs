@@ -333,6 +333,16 @@ async fn memory_store_conformance() {
     conformance::findings_replaced_by_version(&MemoryStore::new(), sample_finding().await).await;
 }
 
+#[tokio::test]
+async fn memory_store_correlation_conformance() {
+    use conformance::correlation;
+    correlation::exchanges_by_time(&MemoryStore::new()).await;
+    correlation::reads_by_time(&MemoryStore::new()).await;
+    correlation::profile_marks_new_values(&MemoryStore::new()).await;
+    correlation::egress_learned(&MemoryStore::new()).await;
+    correlation::exchange_findings_fold(&MemoryStore::new()).await;
+}
+
 /// A finding raised by `/usr/bin/curl` in the sample scope.
 pub(crate) async fn sample_finding() -> Finding {
     let engine = engine("0s", "28d");

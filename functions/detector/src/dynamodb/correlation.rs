@@ -96,7 +96,10 @@ impl DynamoCorrelation {
         // Every sort key continues with `#<id>`, so the bare key one
         // microsecond after `to` sorts after all items of `to` itself.
         let low = format!("{prefix}{}", time_key(from));
-        let high = format!("{prefix}{}", time_key(to + chrono::Duration::microseconds(1)));
+        let high = format!(
+            "{prefix}{}",
+            time_key(to + chrono::Duration::microseconds(1))
+        );
         let mut records = Vec::new();
         let mut start_key: Option<Item> = None;
         loop {
@@ -255,7 +258,10 @@ fn exchange_finding_item(record: &ExchangeFindingRecord) -> Result<Item, StoreEr
     Ok(item)
 }
 
-fn exchange_finding_record(item: &Item, describe: String) -> Result<ExchangeFindingRecord, StoreError> {
+fn exchange_finding_record(
+    item: &Item,
+    describe: String,
+) -> Result<ExchangeFindingRecord, StoreError> {
     let mut finding: ExchangeFinding = decode_json(item, FINDING_JSON, describe.clone())?;
     let reader = ItemReader::new(item, describe);
     finding.repeat_count = reader.number(REPEAT_COUNT)?;
@@ -369,7 +375,8 @@ impl CorrelationStore for DynamoCorrelation {
             request = request.expression_attribute_names(format!("#v{index}"), &name);
             names.push(name);
         }
-        let expires = at + chrono::Duration::from_std(forget_after).unwrap_or(chrono::Duration::MAX);
+        let expires =
+            at + chrono::Duration::from_std(forget_after).unwrap_or(chrono::Duration::MAX);
         let output = request
             .key(PK, s(&pk))
             .key(SK, s(PROFILE_SK))
@@ -377,7 +384,9 @@ impl CorrelationStore for DynamoCorrelation {
             .expression_attribute_values(":at", rfc3339(at))
             .expression_attribute_values(":seen", n(epoch_seconds(at)))
             .expression_attribute_values(":expires", n(epoch_seconds(expires)))
-            .return_values(ReturnValue::UpdatedOld)
+            // UPDATED_OLD would return less, but moto 5.2 returns nothing
+            // for it; ALL_OLD works on both and the item is small.
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|error| classify("DynamoDB UpdateItem", self.resource(), &error))?;
@@ -445,7 +454,8 @@ impl CorrelationStore for DynamoCorrelation {
         at: DateTime<Utc>,
         forget_after: Duration,
     ) -> Result<(), StoreError> {
-        let expires = at + chrono::Duration::from_std(forget_after).unwrap_or(chrono::Duration::MAX);
+        let expires =
+            at + chrono::Duration::from_std(forget_after).unwrap_or(chrono::Duration::MAX);
         self.client
             .update_item()
             .table_name(&self.table)

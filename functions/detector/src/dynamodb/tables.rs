@@ -54,7 +54,12 @@ pub async fn create_correlation_table(client: &Client, name: &str) -> Result<(),
         name,
         setting: "TOKENGUARD_CORRELATION_TABLE",
     };
-    create_table(client, resource, &[(PK, KeyType::Hash), (SK, KeyType::Range)]).await?;
+    create_table(
+        client,
+        resource,
+        &[(PK, KeyType::Hash), (SK, KeyType::Range)],
+    )
+    .await?;
     enable_ttl(client, resource).await
 }
 

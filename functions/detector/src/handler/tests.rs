@@ -18,7 +18,10 @@ struct Recorder {
 
 impl Notifier for Recorder {
     async fn notify(&self, alert: &tokenguard_core::Alert<'_>) -> Result<(), StoreError> {
-        self.sent.lock().unwrap().push(alert.finding_id().to_owned());
+        self.sent
+            .lock()
+            .unwrap()
+            .push(alert.finding_id().to_owned());
         Ok(())
     }
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokenguard_core::conformance::{at, sample_read};
-use tokenguard_core::{Alert, Decision, Engine, Finding, MemoryStore, Notifier, Policy, StoreError};
+use tokenguard_core::{
+    Alert, Decision, Engine, Finding, MemoryStore, Notifier, Policy, StoreError,
+};
 use tokenguard_detector::{DynamoStore, create_tables};
 use tokenguard_e2e::moto::MotoServer;
 use tokenguard_schema::{Node, TokenRead};
