@@ -20,7 +20,9 @@ use crate::record::{MAX_NAME_LEN, is_valid_name};
 #[command(
     name = "tokenguard-agent",
     version,
-    about = "Reports reads of AWS web-identity tokens (IRSA, EKS Pod Identity) on this node"
+    about = "Reports reads of AWS web-identity tokens (IRSA, EKS Pod Identity) on this node",
+    after_help = "To replay recorded reads and CloudTrail files through the detection engine \
+                  instead, run: tokenguard-agent replay --help"
 )]
 pub struct Cli {
     /// Destination of events: `stdout` (one JSON line each), or the detector's Lambda Function URL

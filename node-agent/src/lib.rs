@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod pods;
 pub mod procfs;
 pub mod record;
+pub mod replay;
 pub mod runtime;
 pub mod sink;
 pub mod source;

@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use futures::{Stream, StreamExt};
 use tokenguard_agent::kernel::{kernel_source, load_probe};
+use tokenguard_agent::replay::{ReplayCli, replay};
+use tokenguard_agent::sink::stdout_writer;
 use tokenguard_agent::source::replay_file;
 use tokenguard_agent::{Agent, Cli, OpenRecord};
 use tracing::info;
@@ -15,8 +17,22 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "replay")
+    {
+        let cli = ReplayCli::parse_from(std::env::args_os().skip(1));
+        init_logging("warn");
+        return match replay_main(&cli).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %describe(&error), "replay stopped on an error");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
-    init_logging();
+    init_logging("info");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -82,9 +98,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(anyhow::Error::from)
 }
 
-/// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Runs a replay, with alerts on stdout and the summary as one JSON line on
+/// stderr.
+async fn replay_main(cli: &ReplayCli) -> anyhow::Result<()> {
+    let summary = replay(cli, stdout_writer()).await?;
+    eprintln!("{}", serde_json::json!({ "summary": summary }));
+    Ok(())
+}
+
+/// JSON logs to stderr, filtered by `RUST_LOG` (default `default_level`).
+fn init_logging(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -588,8 +588,7 @@ mod tests {
         conformance::known_values_listed(&open(&dirs[5])).await;
         conformance::forgotten_scope_not_revived(&open(&dirs[7])).await;
         conformance::findings_round_trip(&open(&dirs[6]), sample_finding().await).await;
-        conformance::findings_replaced_by_version(&open(&dirs[8]), sample_finding().await)
-            .await;
+        conformance::findings_replaced_by_version(&open(&dirs[8]), sample_finding().await).await;
     }
 
     #[tokio::test]
