@@ -119,6 +119,14 @@ impl Subject {
         subjects
     }
 
+    /// `payments/api`, or `EKS Pod Identity`.
+    pub fn short_name(&self) -> String {
+        match (&self.namespace, &self.service_account) {
+            (Some(namespace), Some(account)) => format!("{namespace}/{account}"),
+            _ => "EKS Pod Identity".to_owned(),
+        }
+    }
+
     /// `service account payments/api of cluster prod`.
     pub fn describe(&self) -> String {
         match (&self.namespace, &self.service_account) {

@@ -381,9 +381,11 @@ fn render_exchange(finding: &ExchangeFinding) -> AlertMessage {
         .as_deref()
         .map(|address| printable(address).into_owned())
         .unwrap_or_else(|| "(unknown)".to_owned());
+    // The address leads, so that a long service account name cannot cut it.
     let subject = cut_subject(format!(
-        "[tokenguard {severity}] Token of {} used from {address}",
-        finding.subject.describe()
+        "[tokenguard {severity}] Token used from {address}: {} of cluster {}",
+        finding.subject.short_name(),
+        finding.cluster
     ));
     let default = format!(
         "tokenguard {severity}: the token of the {} was exchanged from {address}, outside \

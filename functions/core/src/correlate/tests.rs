@@ -576,3 +576,86 @@ fn window_bounds() {
     assert!(in_window(at(0), minutes(at(0), -2), &policy));
     assert!(!in_window(at(0), minutes(at(0), -3), &policy));
 }
+
+#[tokio::test]
+async fn escalation_alert_says_what_changed() {
+    let engine = engine();
+    let finding = curl_finding(&engine).await;
+    let outside = from_address(irsa_at(minutes(at(2), 4), "x-1"), "203.0.113.9", AWS_CLI);
+    engine
+        .process_exchange(&outside, CLUSTER, minutes(at(2), 9))
+        .await
+        .unwrap();
+    let escalated = stored(&engine, &finding.finding_id).await;
+    let alert = crate::render_alert(&crate::Alert::Escalation {
+        finding: &escalated,
+        from: Severity::Medium,
+    });
+    assert!(
+        alert
+            .subject
+            .starts_with("[tokenguard CRITICAL, was medium] curl read"),
+        "{}",
+        alert.subject
+    );
+    assert!(
+        alert
+            .default
+            .contains("; raised to critical: sts:AssumeRoleWithWebIdentity from 203.0.113.9")
+    );
+    assert!(
+        alert.email.contains(
+            "What changed\nSeverity rose from medium to critical since the first alert.\n"
+        )
+    );
+    assert!(alert.email.contains(
+        "CloudTrail exchanges by the service account payments/payments-api of cluster test\n"
+    ));
+    assert!(alert.email.contains("    source:     203.0.113.9\n"));
+    assert!(
+        alert
+            .email
+            .contains("    unusual:    outside the cluster's egress, new user agent\n")
+    );
+    assert!(alert.email.contains("4m0s after the read"));
+}
+
+#[tokio::test]
+async fn exchange_alert_names_address() {
+    let engine = engine();
+    let python = read_at("/usr/bin/python3", at(0), "b:1");
+    engine.process(&node(), &python, at(0)).await.unwrap();
+    let mut stolen = from_address(irsa_at(at(5), "x-1"), "203.0.113.9", "curl/8.5.0\r\nX: 1");
+    stolen.session_name = Some("pwn".to_owned());
+    let ExchangeDecision::Finding(finding) = engine
+        .process_exchange(&stolen, CLUSTER, at(5))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a finding");
+    };
+    let alert = crate::render_alert(&crate::Alert::Exchange(&finding));
+    assert_eq!(
+        alert.subject,
+        "[tokenguard HIGH] Token used from 203.0.113.9: payments/payments-api of cluster test"
+    );
+    assert!(alert.email.contains("Known egress: 198.51.100.0/24\n"));
+    assert!(
+        alert
+            .email
+            .contains("    user agent: curl/8.5.0\\r\\nX: 1\n"),
+        "{}",
+        alert.email
+    );
+    assert!(alert.email.contains("    session:    pwn\n"));
+    assert!(
+        alert
+            .attributes
+            .contains(&("rule", "exchange_without_read".to_owned()))
+    );
+    assert!(
+        alert
+            .attributes
+            .contains(&("namespace", "payments".to_owned()))
+    );
+}
