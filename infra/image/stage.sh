@@ -26,9 +26,10 @@ install -m 0644 "$ca_bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
 # Each library goes to the path the loader looks it up by, with the real file's
 # contents (not a symlink into the build machine). The dynamic loader's own
 # path comes from the ELF interpreter entry.
-libraries=$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+# ldd exits with 1 on a static binary, which needs no libraries.
+libraries=$( (ldd "$binary" 2>/dev/null || true) | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
 if [[ -z "$libraries" ]]; then
-    echo "stage: ldd found no libraries for $binary; a static binary needs none" >&2
+    echo "stage: ldd found no libraries for $binary, so it is static and the image needs none" >&2
 fi
 for library in $libraries; do
     mkdir -p "$rootfs$(dirname "$library")"
