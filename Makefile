@@ -30,6 +30,7 @@ lint: setup
 
 # The ignored tests need the BTF of Debian's kernel in TOKENGUARD_TEST_BTF.
 test: lint
+	scripts/infra-check.sh
 	$(CARGO) test --workspace --no-fail-fast
 	scripts/debian-kernel.sh $(KERNEL_DIR) >/dev/null
 	TOKENGUARD_TEST_BTF=$(CURDIR)/$(KERNEL_DIR)/vmlinux.btf \
