@@ -20,10 +20,11 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 use tokenguard_core::cloudtrail::{
-    ClusterResolver, StaticIssuers, is_eks_issuer_path, issuer_key, split_records,
+    ClusterResolver, Parsed, RecordError, StaticIssuers, is_eks_issuer_path, issuer_key,
+    parse_record_text, split_records,
 };
 use tokenguard_core::correlate::{CorrelationPolicy, EgressCidrs};
-use tokenguard_core::ingest::{RecordCounts, process_record};
+use tokenguard_core::ingest::{RecordCounts, process_parsed};
 use tokenguard_core::{
     Alert, BaselineStore, Decision, Engine, MemoryStore, Notifier, Policy, StoreError,
     parse_duration,
@@ -117,6 +118,8 @@ pub struct ReplaySummary {
     /// Lines or files of CloudTrail input that held no record.
     pub cloudtrail_invalid: u64,
     pub alerts: AlertCounts,
+    /// Time spent reading and parsing the inputs, then deciding.
+    pub load_seconds: f64,
     pub seconds: f64,
 }
 
@@ -162,7 +165,7 @@ impl Notifier for ReplayNotifier {
 /// One input item at the time the live system would have seen it.
 enum Item {
     Read(Node, Box<TokenRead>),
-    Record(Value),
+    Record(Result<Parsed, RecordError>),
 }
 
 struct Settings {
@@ -337,15 +340,14 @@ fn load_records(
         for raw in split_records(&path.display().to_string(), &text) {
             match raw {
                 Ok(raw) => {
-                    // A record without a usable time still goes through the
-                    // engine, first, to be counted as invalid there.
-                    let time = raw.record["eventTime"]
-                        .as_str()
-                        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-                        .map_or(DateTime::<Utc>::MIN_UTC, |time| {
-                            time.with_timezone(&Utc) + delay
-                        });
-                    items.push((time, Item::Record(raw.record)));
+                    let parsed = parse_record_text(raw.text);
+                    // Records that are not exchanges change nothing, so they
+                    // go first, to be counted.
+                    let time = match &parsed {
+                        Ok(Parsed::Exchange(exchange)) => exchange.event_time + delay,
+                        _ => DateTime::<Utc>::MIN_UTC,
+                    };
+                    items.push((time, Item::Record(parsed)));
                 }
                 Err(error) => {
                     warn!(origin = %error.origin, reason = %error.reason, "CloudTrail input skipped");
@@ -383,6 +385,7 @@ async fn run<S: BaselineStore>(
     };
     items.extend(load_records(&cli.cloudtrail, settings.delay, &mut summary)?);
     items.sort_by_key(|(time, _)| *time);
+    summary.load_seconds = started.elapsed().as_secs_f64();
 
     let notifier = ReplayNotifier {
         writer,
@@ -410,13 +413,13 @@ async fn run<S: BaselineStore>(
                     }
                 }
             }
-            Item::Record(record) => {
+            Item::Record(parsed) => {
                 let now = if time == DateTime::<Utc>::MIN_UTC {
                     Utc::now()
                 } else {
                     time
                 };
-                match process_record(&engine, &resolver, &record, now).await {
+                match process_parsed(&engine, &resolver, parsed, now).await {
                     Ok(outcome) => summary.records.add(&outcome),
                     Err(error) => {
                         summary.records.failed += 1;

@@ -16,13 +16,16 @@
 //! not one. It reads fields leniently, so that one record with an unexpected
 //! shape is reported on its own and never stops the others.
 
+mod fields;
 mod resolve;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use thiserror::Error;
 
+use fields::{JsonFields, RecordFields, RecordView};
 pub use resolve::{ClusterResolver, IssuerLookup, StaticIssuers};
 
 /// The API call that exchanged a token.
@@ -140,72 +143,29 @@ const EKS_AUTH_INVOKER: &str = "pods.eks.amazonaws.com";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 const OIDC_PROVIDER_MARKER: &str = ":oidc-provider/";
 
-/// A view of a JSON object that reports missing or mistyped fields by path.
-struct Fields<'a> {
-    value: &'a Value,
-    event_id: Option<&'a str>,
-}
-
-impl<'a> Fields<'a> {
-    fn at(&self, path: &str) -> Option<&'a Value> {
-        path.split('.')
-            .try_fold(self.value, |value, key| value.get(key))
-            .filter(|value| !value.is_null())
-    }
-
-    fn error(&self, reason: String) -> RecordError {
-        RecordError {
-            event_id: self.event_id.map(str::to_owned),
-            reason,
-        }
-    }
-
-    /// A string field that may be absent or null, but not of another type.
-    fn optional(&self, path: &str) -> Result<Option<&'a str>, RecordError> {
-        match self.at(path) {
-            None => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => {
-                Err(self.error(format!("{path} is {}, expected a string", type_name(other))))
-            }
-        }
-    }
-
-    fn required(&self, path: &str) -> Result<&'a str, RecordError> {
-        self.optional(path)?
-            .filter(|text| !text.is_empty())
-            .ok_or_else(|| self.error(format!("missing {path}")))
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Parses one CloudTrail record, the object CloudTrail writes to S3 and
 /// EventBridge carries as `detail`.
 pub fn parse_record(record: &Value) -> Result<Parsed, RecordError> {
-    if !record.is_object() {
-        return Err(RecordError {
-            event_id: None,
-            reason: format!("the record is {}, expected an object", type_name(record)),
-        });
+    parse_fields(&JsonFields::new(record)?)
+}
+
+/// Parses one CloudTrail record from its JSON text. Well-formed records take
+/// a fast path that builds no JSON tree; any other text gets the same result,
+/// with the same message, as [`parse_record`].
+pub fn parse_record_text(text: &str) -> Result<Parsed, RecordError> {
+    match serde_json::from_str::<RecordView<'_>>(text) {
+        Ok(view) => parse_fields(&view),
+        Err(_) => match serde_json::from_str::<Value>(text) {
+            Ok(record) => parse_record(&record),
+            Err(error) => Err(RecordError {
+                event_id: None,
+                reason: format!("the record is not JSON ({error})"),
+            }),
+        },
     }
-    let event_id = match record.get("eventID") {
-        Some(Value::String(id)) if !id.is_empty() => Some(id.as_str()),
-        _ => None,
-    };
-    let fields = Fields {
-        value: record,
-        event_id,
-    };
+}
+
+fn parse_fields(fields: &impl RecordFields) -> Result<Parsed, RecordError> {
     let event_id = fields.required("eventID")?.to_owned();
     let event_source = fields.required("eventSource")?;
     let event_name = fields.required("eventName")?;
@@ -272,7 +232,7 @@ pub fn parse_record(record: &Value) -> Result<Parsed, RecordError> {
             let Some((namespace, service_account)) = user_name.and_then(service_account_of) else {
                 return ignored("a web identity that is not a Kubernetes service account");
             };
-            let issuer = web_identity_issuer(&fields)?;
+            let issuer = web_identity_issuer(fields)?;
             let Some(issuer) = issuer else {
                 return ignored("a web identity from an OIDC provider that is not EKS's");
             };
@@ -286,7 +246,7 @@ pub fn parse_record(record: &Value) -> Result<Parsed, RecordError> {
             exchange.caller_arn = fields.optional("userIdentity.arn")?.map(str::to_owned);
         }
         ExchangeApi::AssumeRoleByEksAuth => {
-            let tags = session_tags(&fields)?;
+            let tags = fields.tags()?;
             let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
             let missing = |key: &str| fields.error(format!("missing session tag {key}"));
             let cluster = tag("eks-cluster-name").ok_or_else(|| missing("eks-cluster-name"))?;
@@ -314,7 +274,7 @@ fn service_account_of(user_name: &str) -> Option<(&str, &str)> {
 /// The issuer URL of an EKS OIDC provider, from `identityProvider`, or from
 /// the provider ARN that starts `principalId` when that field is absent.
 /// Returns `None` for a provider that is not EKS's.
-fn web_identity_issuer(fields: &Fields<'_>) -> Result<Option<String>, RecordError> {
+fn web_identity_issuer(fields: &impl RecordFields) -> Result<Option<String>, RecordError> {
     let provider = match fields.optional("userIdentity.identityProvider")? {
         Some(arn) => arn.to_owned(),
         None => {
@@ -371,41 +331,12 @@ pub fn issuer_key(issuer: &str) -> String {
     }
 }
 
-/// Session tags of an `AssumeRole`: `requestParameters.tags`, a list of
-/// `{key, value}` objects.
-fn session_tags(fields: &Fields<'_>) -> Result<Vec<(String, String)>, RecordError> {
-    let Some(tags) = fields.at("requestParameters.tags") else {
-        return Err(fields.error("missing requestParameters.tags".to_owned()));
-    };
-    let Value::Array(tags) = tags else {
-        return Err(fields.error(format!(
-            "requestParameters.tags is {}, expected an array",
-            type_name(tags)
-        )));
-    };
-    tags.iter()
-        .enumerate()
-        .map(|(index, tag)| {
-            let key = tag.get("key").and_then(Value::as_str);
-            let value = tag.get("value").and_then(Value::as_str);
-            key.zip(value)
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .ok_or_else(|| {
-                    fields.error(format!(
-                        "requestParameters.tags[{index}] is not an object with string \
-                         key and value"
-                    ))
-                })
-        })
-        .collect()
-}
-
-/// One record of a CloudTrail file or EventBridge event, before parsing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawRecord {
+/// One record of a CloudTrail file or EventBridge event, as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord<'a> {
     /// Where the record came from, such as `trail.json.gz: Records[3]`.
     pub origin: String,
-    pub record: Value,
+    pub text: &'a str,
 }
 
 /// A file, or a line of one, that holds no records.
@@ -419,30 +350,56 @@ pub struct InputError {
 /// Detail type of the EventBridge events that carry CloudTrail records.
 pub const EVENTBRIDGE_DETAIL_TYPE: &str = "AWS API Call via CloudTrail";
 
-/// Takes the CloudTrail record out of an EventBridge event.
-pub fn eventbridge_detail(event: &Value, origin: &str) -> Result<Value, InputError> {
-    let error = |reason: String| InputError {
+fn check_detail_type(detail_type: Option<&str>, origin: &str) -> Result<(), InputError> {
+    if detail_type == Some(EVENTBRIDGE_DETAIL_TYPE) {
+        return Ok(());
+    }
+    Err(InputError {
         origin: origin.to_owned(),
-        reason,
-    };
-    let detail_type = event.get("detail-type").and_then(Value::as_str);
-    if detail_type != Some(EVENTBRIDGE_DETAIL_TYPE) {
-        return Err(error(format!(
+        reason: format!(
             "detail-type is {detail_type:?}, expected {EVENTBRIDGE_DETAIL_TYPE:?}: \
              route only CloudTrail API call events here"
-        )));
+        ),
+    })
+}
+
+fn missing_detail(origin: &str) -> InputError {
+    InputError {
+        origin: origin.to_owned(),
+        reason: "missing detail object".to_owned(),
     }
+}
+
+/// Takes the CloudTrail record out of an EventBridge event.
+pub fn eventbridge_detail(event: &Value, origin: &str) -> Result<Value, InputError> {
+    check_detail_type(event.get("detail-type").and_then(Value::as_str), origin)?;
     match event.get("detail") {
         Some(detail @ Value::Object(_)) => Ok(detail.clone()),
-        _ => Err(error("missing detail object".to_owned())),
+        _ => Err(missing_detail(origin)),
     }
+}
+
+/// An S3 log file, with its records left as text.
+#[derive(Deserialize)]
+struct LogFile<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Option<&'a RawValue>,
+}
+
+/// An EventBridge event, with its detail left as text.
+#[derive(Deserialize)]
+struct EventView<'a> {
+    #[serde(rename = "detail-type", borrow, default)]
+    detail_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    detail: Option<&'a RawValue>,
 }
 
 /// Splits the text of a CloudTrail file into records. The text is either one
 /// S3 log file (`{"Records": [...]}`, pretty-printed or not) or EventBridge
 /// events, one JSON object per line. A line that is not an event is an error
 /// of its own, and the lines after it are still read.
-pub fn split_records(name: &str, text: &str) -> Vec<Result<RawRecord, InputError>> {
+pub fn split_records<'a>(name: &str, text: &'a str) -> Vec<Result<RawRecord<'a>, InputError>> {
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Vec::new();
@@ -453,9 +410,11 @@ pub fn split_records(name: &str, text: &str) -> Vec<Result<RawRecord, InputError
             reason,
         })]
     };
-    match serde_json::from_str::<Value>(trimmed) {
-        Ok(Value::Object(mut object)) if object.contains_key("Records") => {
-            let Some(Value::Array(records)) = object.remove("Records") else {
+    match serde_json::from_str::<LogFile<'a>>(trimmed) {
+        Ok(LogFile {
+            records: Some(records),
+        }) => {
+            let Ok(records) = serde_json::from_str::<Vec<&'a RawValue>>(records.get()) else {
                 return file_error("Records is not an array".to_owned());
             };
             return records
@@ -464,7 +423,7 @@ pub fn split_records(name: &str, text: &str) -> Vec<Result<RawRecord, InputError
                 .map(|(index, record)| {
                     Ok(RawRecord {
                         origin: format!("{name}: Records[{index}]"),
-                        record,
+                        text: record.get(),
                     })
                 })
                 .collect();
@@ -480,15 +439,23 @@ pub fn split_records(name: &str, text: &str) -> Vec<Result<RawRecord, InputError
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
             let origin = format!("{name}:{}", index + 1);
-            let event: Value = serde_json::from_str(line).map_err(|source| InputError {
+            let event: EventView<'a> = serde_json::from_str(line).map_err(|source| InputError {
                 origin: origin.clone(),
                 reason: format!(
                     "not JSON ({source}): expected an S3 log file with a Records array, \
                      or one EventBridge event per line"
                 ),
             })?;
-            let record = eventbridge_detail(&event, &origin)?;
-            Ok(RawRecord { origin, record })
+            check_detail_type(event.detail_type.as_deref(), &origin)?;
+            let detail = event
+                .detail
+                .map(RawValue::get)
+                .filter(|detail| detail.starts_with('{'))
+                .ok_or_else(|| missing_detail(&origin))?;
+            Ok(RawRecord {
+                origin,
+                text: detail,
+            })
         })
         .collect()
 }

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use crate::cloudtrail::{ClusterRef, ClusterResolver, IssuerLookup, Parsed, parse_record};
+use crate::cloudtrail::{
+    ClusterRef, ClusterResolver, IssuerLookup, Parsed, RecordError, parse_record,
+};
 use crate::correlate::CorrelationStore;
 use crate::engine::{Engine, EngineError, ExchangeDecision};
 use crate::store::{BaselineStore, Notifier};
@@ -51,7 +53,23 @@ where
     C: CorrelationStore,
     L: IssuerLookup,
 {
-    let exchange = match parse_record(record) {
+    process_parsed(engine, resolver, parse_record(record), now).await
+}
+
+/// Runs a record parsed before, as [`process_record`] does.
+pub async fn process_parsed<S, N, C, L>(
+    engine: &Engine<S, N, C>,
+    resolver: &ClusterResolver<L>,
+    parsed: Result<Parsed, RecordError>,
+    now: DateTime<Utc>,
+) -> Result<RecordOutcome, EngineError>
+where
+    S: BaselineStore,
+    N: Notifier,
+    C: CorrelationStore,
+    L: IssuerLookup,
+{
+    let exchange = match parsed {
         Ok(Parsed::Exchange(exchange)) => exchange,
         Ok(Parsed::Ignored {
             event_id,
@@ -81,9 +99,10 @@ where
             cluster: exchange.cluster,
         });
     };
-    let decision = engine.process_exchange(&exchange, &cluster, now).await?;
+    let event_id = exchange.event_id.clone();
+    let decision = engine.process_exchange(*exchange, &cluster, now).await?;
     Ok(RecordOutcome::Exchange {
-        event_id: exchange.event_id,
+        event_id,
         cluster,
         decision,
     })

@@ -204,11 +204,15 @@ fn issuer_keys_compare() {
 #[test]
 fn log_file_split() {
     let file = json!({"Records": [fixture("irsa-success"), fixture("podidentity-eks-auth")]});
-    let records = split_records("trail.json", &serde_json::to_string_pretty(&file).unwrap());
+    let text = serde_json::to_string_pretty(&file).unwrap();
+    let records = split_records("trail.json", &text);
     assert_eq!(records.len(), 2);
     let first = records[0].as_ref().unwrap();
     assert_eq!(first.origin, "trail.json: Records[0]");
-    assert_eq!(first.record["eventName"], "AssumeRoleWithWebIdentity");
+    let Parsed::Exchange(exchange) = parse_record_text(first.text).unwrap() else {
+        panic!("expected an exchange");
+    };
+    assert_eq!(exchange.api, ExchangeApi::AssumeRoleWithWebIdentity);
 }
 
 #[test]
@@ -244,10 +248,8 @@ fn eventbridge_lines_split() {
         wrong_type.reason.contains("EC2 Instance State-change"),
         "{wrong_type}"
     );
-    assert_eq!(
-        records[3].as_ref().unwrap().record["eventSource"],
-        "eks-auth.amazonaws.com"
-    );
+    let last: Value = serde_json::from_str(records[3].as_ref().unwrap().text).unwrap();
+    assert_eq!(last["eventSource"], "eks-auth.amazonaws.com");
 }
 
 #[test]
@@ -261,5 +263,79 @@ fn broken_log_file_one_error() {
             .unwrap_err()
             .reason
             .starts_with("not valid JSON")
+    );
+}
+
+/// A named change to a record.
+type Mutation = (&'static str, Box<dyn Fn(&mut Value)>);
+
+/// Every fixture, and variants of each with fields of wrong types or
+/// missing, parses the same from text as from a JSON tree.
+#[test]
+fn text_and_tree_agree() {
+    let names = [
+        "irsa-success",
+        "irsa-access-denied",
+        "podidentity-eks-auth",
+        "podidentity-sts-assumerole",
+        "unrelated-getcalleridentity",
+        "github-oidc-assumerolewithwebidentity",
+    ];
+    let mutations: Vec<Mutation> = vec![
+        ("as is", Box::new(|_| {})),
+        (
+            "no eventTime",
+            Box::new(|r| drop(r.as_object_mut().unwrap().remove("eventTime"))),
+        ),
+        (
+            "numeric source",
+            Box::new(|r| r["sourceIPAddress"] = json!(7)),
+        ),
+        (
+            "string identity",
+            Box::new(|r| r["userIdentity"] = json!("x")),
+        ),
+        (
+            "null request",
+            Box::new(|r| r["requestParameters"] = Value::Null),
+        ),
+        (
+            "bad tags",
+            Box::new(|r| r["requestParameters"]["tags"] = json!([{"key": 1}])),
+        ),
+        (
+            "no provider",
+            Box::new(|r| {
+                drop(
+                    r["userIdentity"]
+                        .as_object_mut()
+                        .map(|o| o.remove("identityProvider")),
+                )
+            }),
+        ),
+        (
+            "escaped agent",
+            Box::new(|r| r["userAgent"] = json!("a\"b\\c\u{e9}")),
+        ),
+        ("numeric id", Box::new(|r| r["eventID"] = json!(5))),
+    ];
+    for name in names {
+        for (mutation, apply) in &mutations {
+            let mut record = fixture(name);
+            apply(&mut record);
+            let text = record.to_string();
+            assert_eq!(
+                parse_record_text(&text),
+                parse_record(&record),
+                "{name}, {mutation}"
+            );
+        }
+    }
+    assert!(parse_record_text("[1]").is_err());
+    assert!(
+        parse_record_text("{")
+            .unwrap_err()
+            .reason
+            .starts_with("the record is not JSON")
     );
 }

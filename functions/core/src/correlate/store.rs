@@ -234,10 +234,10 @@ impl CorrelationStore for NoCorrelation {
 /// Correlation state of a [`MemoryStore`].
 #[derive(Debug, Default)]
 pub(crate) struct MemoryCorrelation {
-    /// By (subject key, event time, event id).
-    exchanges: BTreeMap<(String, DateTime<Utc>, String), ExchangeRecord>,
-    /// By (subject key, observed time, read id).
-    reads: BTreeMap<(String, DateTime<Utc>, String), ReadRecord>,
+    /// By subject key, then (event time, event id).
+    exchanges: HashMap<String, TimeIndex<ExchangeRecord>>,
+    /// By subject key, then (observed time, read id).
+    reads: HashMap<String, TimeIndex<ReadRecord>>,
     profiles: HashMap<String, MemoryProfile>,
     egress: HashMap<String, HashMap<IpAddr, DateTime<Utc>>>,
     findings: HashMap<String, (ExchangeFindingRecord, String)>,
@@ -245,6 +245,9 @@ pub(crate) struct MemoryCorrelation {
     latest: Option<DateTime<Utc>>,
     writes: u64,
 }
+
+/// Records of one subject by time and id.
+type TimeIndex<V> = BTreeMap<(DateTime<Utc>, String), V>;
 
 #[derive(Debug)]
 struct MemoryProfile {
@@ -266,23 +269,29 @@ impl MemoryCorrelation {
         }
         let Some(latest) = self.latest else { return };
         let horizon = latest - retention;
-        self.exchanges.retain(|(_, time, _), _| *time >= horizon);
-        self.reads.retain(|(_, time, _), _| *time >= horizon);
+        for index in self.exchanges.values_mut() {
+            index.retain(|(time, _), _| *time >= horizon);
+        }
+        for index in self.reads.values_mut() {
+            index.retain(|(time, _), _| *time >= horizon);
+        }
+        self.exchanges.retain(|_, index| !index.is_empty());
+        self.reads.retain(|_, index| !index.is_empty());
     }
 }
 
 fn range_of<V: Clone>(
-    map: &BTreeMap<(String, DateTime<Utc>, String), V>,
+    map: &HashMap<String, TimeIndex<V>>,
     subject_key: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Vec<V> {
-    if from > to {
+    let Some(index) = map.get(subject_key).filter(|_| from <= to) else {
         return Vec::new();
-    }
-    let start = (subject_key.to_owned(), from, String::new());
-    map.range(start..)
-        .take_while(|((subject, time, _), _)| subject == subject_key && *time <= to)
+    };
+    index
+        .range((from, String::new())..)
+        .take_while(|((time, _), _)| *time <= to)
         .map(|(_, value)| value.clone())
         .collect()
 }
@@ -294,15 +303,12 @@ impl CorrelationStore for MemoryStore {
         expires_at: DateTime<Utc>,
     ) -> Result<Option<ExchangeRecord>, StoreError> {
         let mut state = self.correlation();
-        let key = (
-            record.subject.key(),
-            record.exchange.event_time,
-            record.exchange.event_id.clone(),
-        );
-        if let Some(stored) = state.exchanges.get(&key) {
+        let key = (record.exchange.event_time, record.exchange.event_id.clone());
+        let index = state.exchanges.entry(record.subject.key()).or_default();
+        if let Some(stored) = index.get(&key) {
             return Ok(Some(stored.clone()));
         }
-        state.exchanges.insert(key, record.clone());
+        index.insert(key, record.clone());
         let retention = expires_at - record.exchange.event_time;
         state.note_write(record.exchange.event_time, retention);
         Ok(None)
@@ -330,12 +336,9 @@ impl CorrelationStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut state = self.correlation();
         for subject_key in subject_keys {
-            let key = (
-                subject_key.clone(),
-                record.observed_at,
-                record.id().to_owned(),
-            );
-            state.reads.insert(key, record.clone());
+            let key = (record.observed_at, record.id().to_owned());
+            let index = state.reads.entry(subject_key.clone()).or_default();
+            index.insert(key, record.clone());
         }
         let retention = expires_at - record.observed_at;
         state.note_write(record.observed_at, retention);
