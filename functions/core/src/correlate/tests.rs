@@ -75,7 +75,7 @@ async fn curl_finding(engine: &TestEngine) -> Finding {
     let python = read_at("/usr/bin/python3", at(0), "b:1");
     engine.process(&node(), &python, at(0)).await.unwrap();
     engine
-        .process_exchange(&irsa_at(at(0), "x-learn"), CLUSTER, at(0))
+        .process_exchange(irsa_at(at(0), "x-learn"), CLUSTER, at(0))
         .await
         .unwrap();
     let curl = read_at("/usr/bin/curl", at(2), "b:2");
@@ -107,7 +107,7 @@ async fn read_then_exchange_escalates() {
 
     let later = from_address(irsa_at(minutes(at(2), 10), "x-1"), "198.51.100.20", AWS_CLI);
     let decision = engine
-        .process_exchange(&later, CLUSTER, minutes(at(2), 20))
+        .process_exchange(later.clone(), CLUSTER, minutes(at(2), 20))
         .await
         .unwrap();
     assert_eq!(
@@ -146,7 +146,7 @@ async fn familiar_exchange_attached_quietly() {
     let finding = curl_finding(&engine).await;
     let sdk = irsa_at(minutes(at(2), 3), "x-1");
     engine
-        .process_exchange(&sdk, CLUSTER, minutes(at(2), 10))
+        .process_exchange(sdk.clone(), CLUSTER, minutes(at(2), 10))
         .await
         .unwrap();
     let updated = stored(&engine, &finding.finding_id).await;
@@ -161,13 +161,13 @@ async fn exchange_then_read_matches() {
     let python = read_at("/usr/bin/python3", at(0), "b:1");
     engine.process(&node(), &python, at(0)).await.unwrap();
     engine
-        .process_exchange(&irsa_at(at(0), "x-learn"), CLUSTER, at(0))
+        .process_exchange(irsa_at(at(0), "x-learn"), CLUSTER, at(0))
         .await
         .unwrap();
 
     let early = from_address(irsa_at(minutes(at(2), 4), "x-1"), "203.0.113.9", AWS_CLI);
     let decision = engine
-        .process_exchange(&early, CLUSTER, minutes(at(2), 5))
+        .process_exchange(early.clone(), CLUSTER, minutes(at(2), 5))
         .await
         .unwrap();
     assert!(
@@ -206,7 +206,7 @@ async fn outside_egress_critical() {
     let outside = irsa_at(minutes(at(2), 1), "x-1");
     let outside = from_address(outside, "203.0.113.9", "Boto3/1.35.10 md/Botocore#1.35.10");
     engine
-        .process_exchange(&outside, CLUSTER, minutes(at(2), 8))
+        .process_exchange(outside.clone(), CLUSTER, minutes(at(2), 8))
         .await
         .unwrap();
     let updated = stored(&engine, &finding.finding_id).await;
@@ -226,7 +226,7 @@ async fn exchange_without_read_is_finding() {
 
     let stolen = from_address(irsa_at(at(5), "x-1"), "203.0.113.9", AWS_CLI);
     let ExchangeDecision::Finding(finding) = engine
-        .process_exchange(&stolen, CLUSTER, at(5))
+        .process_exchange(stolen.clone(), CLUSTER, at(5))
         .await
         .unwrap()
     else {
@@ -238,7 +238,7 @@ async fn exchange_without_read_is_finding() {
 
     let again = from_address(irsa_at(minutes(at(5), 30), "x-2"), "203.0.113.9", AWS_CLI);
     let decision = engine
-        .process_exchange(&again, CLUSTER, minutes(at(5), 30))
+        .process_exchange(again.clone(), CLUSTER, minutes(at(5), 30))
         .await
         .unwrap();
     assert_eq!(
@@ -265,7 +265,10 @@ async fn unknown_egress_judges_nothing() {
         CorrelationPolicy::default(),
     );
     let far = from_address(irsa_at(at(5), "x-1"), "203.0.113.9", AWS_CLI);
-    let decision = engine.process_exchange(&far, CLUSTER, at(5)).await.unwrap();
+    let decision = engine
+        .process_exchange(far.clone(), CLUSTER, at(5))
+        .await
+        .unwrap();
     assert!(
         matches!(decision, ExchangeDecision::Stored { .. }),
         "{decision:?}"
@@ -279,7 +282,7 @@ async fn familiar_read_teaches_egress() {
     let python = read_at("/usr/bin/python3", at(0), "b:1");
     engine.process(&node(), &python, at(0)).await.unwrap();
     engine
-        .process_exchange(&irsa_at(at(0), "x-learn"), CLUSTER, at(0))
+        .process_exchange(irsa_at(at(0), "x-learn"), CLUSTER, at(0))
         .await
         .unwrap();
 
@@ -292,7 +295,10 @@ async fn familiar_read_teaches_egress() {
         "192.0.2.50",
         "Boto3/1.35.10 md/Botocore#1.35.10 ua/2.0 os/linux#6.1.112 md/arch#x86_64 lang/python#3.12.7 md/pyimpl#CPython cfg/retry-mode#legacy Botocore/1.35.10",
     );
-    let decision = engine.process_exchange(&nat, CLUSTER, at(3)).await.unwrap();
+    let decision = engine
+        .process_exchange(nat.clone(), CLUSTER, at(3))
+        .await
+        .unwrap();
     let ExchangeDecision::Stored { learned_egress, .. } = decision else {
         panic!("expected a stored exchange, got {decision:?}");
     };
@@ -301,9 +307,44 @@ async fn familiar_read_teaches_egress() {
     // Later, with no read near it, the same address is inside.
     let later = from_address(irsa_at(at(6), "x-2"), "192.0.2.50", AWS_CLI);
     let decision = engine
-        .process_exchange(&later, CLUSTER, at(6))
+        .process_exchange(later.clone(), CLUSTER, at(6))
         .await
         .unwrap();
+    let ExchangeDecision::Stored { signals, .. } = decision else {
+        panic!("expected a stored exchange, got {decision:?}");
+    };
+    assert!(!signals.outside_egress);
+}
+
+#[tokio::test]
+async fn first_egress_learned_without_cidrs() {
+    let policy = Policy::from_settings("1h", "28d").unwrap();
+    let engine: TestEngine = Engine::with_correlation(
+        MemoryStore::new(),
+        RecordingNotifier::default(),
+        policy,
+        MemoryStore::new(),
+        CorrelationPolicy::default(),
+    );
+    let python = read_at("/usr/bin/python3", at(0), "b:1");
+    engine.process(&node(), &python, at(0)).await.unwrap();
+    let nat = from_address(irsa_at(at(0), "x-1"), "192.0.2.50", AWS_CLI);
+    let decision = engine.process_exchange(nat, CLUSTER, at(0)).await.unwrap();
+    let ExchangeDecision::Stored { learned_egress, .. } = decision else {
+        panic!("expected a stored exchange, got {decision:?}");
+    };
+    assert!(learned_egress, "the SDK's exchange after a familiar read");
+
+    // With one address learned, the egress is known: another address with no
+    // read near it is outside.
+    let far = from_address(irsa_at(at(3), "x-2"), "203.0.113.9", AWS_CLI);
+    let decision = engine.process_exchange(far, CLUSTER, at(3)).await.unwrap();
+    assert!(
+        matches!(decision, ExchangeDecision::Finding(_)),
+        "{decision:?}"
+    );
+    let near = from_address(irsa_at(at(4), "x-3"), "192.0.2.50", AWS_CLI);
+    let decision = engine.process_exchange(near, CLUSTER, at(4)).await.unwrap();
     let ExchangeDecision::Stored { signals, .. } = decision else {
         panic!("expected a stored exchange, got {decision:?}");
     };
@@ -340,7 +381,7 @@ async fn pod_identity_matches_exact_pod() {
         panic!("expected an exchange");
     };
     let decision = engine
-        .process_exchange(&exchange, CLUSTER, minutes(at(2), 9))
+        .process_exchange(*exchange, CLUSTER, minutes(at(2), 9))
         .await
         .unwrap();
     let ExchangeDecision::Matched { findings, .. } = decision else {
@@ -366,7 +407,7 @@ async fn other_subjects_never_match() {
     let mut other_account = from_address(irsa_at(minutes(at(2), 2), "x-1"), "203.0.113.9", AWS_CLI);
     other_account.service_account = Some("billing".to_owned());
     let decision = engine
-        .process_exchange(&other_account, CLUSTER, minutes(at(2), 5))
+        .process_exchange(other_account.clone(), CLUSTER, minutes(at(2), 5))
         .await
         .unwrap();
     assert!(
@@ -377,7 +418,7 @@ async fn other_subjects_never_match() {
     // The same namespace and service account names in another cluster.
     let other_cluster = from_address(irsa_at(minutes(at(2), 2), "x-2"), "203.0.113.9", AWS_CLI);
     let decision = engine
-        .process_exchange(&other_cluster, "staging", minutes(at(2), 5))
+        .process_exchange(other_cluster.clone(), "staging", minutes(at(2), 5))
         .await
         .unwrap();
     assert!(
@@ -388,7 +429,7 @@ async fn other_subjects_never_match() {
     // Outside the window.
     let late = from_address(irsa_at(minutes(at(2), 16), "x-3"), "203.0.113.9", AWS_CLI);
     let decision = engine
-        .process_exchange(&late, CLUSTER, minutes(at(2), 20))
+        .process_exchange(late.clone(), CLUSTER, minutes(at(2), 20))
         .await
         .unwrap();
     assert!(
@@ -409,7 +450,7 @@ async fn failed_exchange_raises_one_step() {
     denied.error_code = Some("AccessDenied".to_owned());
     denied.source_address = Some("198.51.100.20".to_owned());
     engine
-        .process_exchange(&denied, CLUSTER, minutes(at(2), 5))
+        .process_exchange(denied.clone(), CLUSTER, minutes(at(2), 5))
         .await
         .unwrap();
     let updated = stored(&engine, &finding.finding_id).await;
@@ -426,11 +467,11 @@ async fn duplicate_event_counted_once() {
     let finding = curl_finding(&engine).await;
     let exchange = from_address(irsa_at(minutes(at(2), 1), "x-1"), "198.51.100.20", AWS_CLI);
     engine
-        .process_exchange(&exchange, CLUSTER, minutes(at(2), 5))
+        .process_exchange(exchange.clone(), CLUSTER, minutes(at(2), 5))
         .await
         .unwrap();
     let again = engine
-        .process_exchange(&exchange, CLUSTER, minutes(at(2), 6))
+        .process_exchange(exchange.clone(), CLUSTER, minutes(at(2), 6))
         .await
         .unwrap();
     assert_eq!(again, ExchangeDecision::Duplicate);
@@ -452,7 +493,7 @@ async fn repeated_calls_fold() {
     for (minute, id) in [(1, "x-1"), (2, "x-2"), (3, "x-3")] {
         let exchange = from_address(irsa_at(minutes(at(2), minute), id), "203.0.113.9", AWS_CLI);
         engine
-            .process_exchange(&exchange, CLUSTER, minutes(at(2), 9))
+            .process_exchange(exchange, CLUSTER, minutes(at(2), 9))
             .await
             .unwrap();
     }
@@ -469,12 +510,12 @@ async fn learning_hides_new_agents() {
     let engine = engine();
     let first = irsa_at(at(0), "x-1");
     engine
-        .process_exchange(&first, CLUSTER, at(0))
+        .process_exchange(first.clone(), CLUSTER, at(0))
         .await
         .unwrap();
     let cli = from_address(irsa_at(minutes(at(0), 30), "x-2"), "198.51.100.20", AWS_CLI);
     let ExchangeDecision::Stored { signals, .. } = engine
-        .process_exchange(&cli, CLUSTER, minutes(at(0), 30))
+        .process_exchange(cli.clone(), CLUSTER, minutes(at(0), 30))
         .await
         .unwrap()
     else {
@@ -484,7 +525,7 @@ async fn learning_hides_new_agents() {
 
     let other = from_address(irsa_at(at(2), "x-3"), "198.51.100.20", "curl/8.5.0");
     let ExchangeDecision::Stored { signals, .. } = engine
-        .process_exchange(&other, CLUSTER, at(2))
+        .process_exchange(other.clone(), CLUSTER, at(2))
         .await
         .unwrap()
     else {
@@ -583,7 +624,7 @@ async fn escalation_alert_says_what_changed() {
     let finding = curl_finding(&engine).await;
     let outside = from_address(irsa_at(minutes(at(2), 4), "x-1"), "203.0.113.9", AWS_CLI);
     engine
-        .process_exchange(&outside, CLUSTER, minutes(at(2), 9))
+        .process_exchange(outside.clone(), CLUSTER, minutes(at(2), 9))
         .await
         .unwrap();
     let escalated = stored(&engine, &finding.finding_id).await;
@@ -628,7 +669,7 @@ async fn exchange_alert_names_address() {
     let mut stolen = from_address(irsa_at(at(5), "x-1"), "203.0.113.9", "curl/8.5.0\r\nX: 1");
     stolen.session_name = Some("pwn".to_owned());
     let ExchangeDecision::Finding(finding) = engine
-        .process_exchange(&stolen, CLUSTER, at(5))
+        .process_exchange(stolen.clone(), CLUSTER, at(5))
         .await
         .unwrap()
     else {

@@ -32,6 +32,20 @@ const CACHE_LIMIT: usize = 65_536;
 /// again. Other function instances learn addresses too.
 const EGRESS_CACHE_SECONDS: u64 = 60;
 
+/// Where an exchange's source address stands against its cluster's egress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EgressVerdict {
+    /// In a configured CIDR or a learned address.
+    Inside,
+    /// Outside a known egress.
+    Outside,
+    /// The cluster has no configured CIDR and no learned address yet.
+    Unknown,
+    /// The source is a service name such as `eks-auth.amazonaws.com`, or
+    /// missing.
+    NotAnAddress,
+}
+
 /// A correlation store with its policy and what this process already wrote.
 #[derive(Debug)]
 pub(super) struct Correlator<C> {
@@ -46,9 +60,9 @@ pub(super) struct Correlator<C> {
 struct Cache {
     /// Familiar-read markers written, by (subject key, minute).
     markers: HashSet<(String, DateTime<Utc>)>,
-    /// Profile values stored as known, by (subject key, value), with the
+    /// Profile values stored as known, by subject key and value, with the
     /// event time of the last write.
-    profile: HashMap<(String, String), DateTime<Utc>>,
+    profile: HashMap<String, HashMap<String, DateTime<Utc>>>,
     /// Learned egress by cluster, with when it was read.
     egress: HashMap<String, (Instant, Vec<IpAddr>)>,
 }
@@ -314,7 +328,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
     /// first processing are reused.
     pub async fn process_exchange(
         &self,
-        exchange: &Exchange,
+        exchange: Exchange,
         cluster: &str,
         now: DateTime<Utc>,
     ) -> Result<ExchangeDecision, EngineError> {
@@ -326,10 +340,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                     .to_owned(),
             }));
         };
-        let subject = Subject::of_exchange(exchange, cluster);
-        let mut resolved = exchange.clone();
+        let subject = Subject::of_exchange(&exchange, cluster);
+        let mut resolved = exchange;
         resolved.cluster = ClusterRef::Name(cluster.to_owned());
-        let signals = self
+        let (signals, egress) = self
             .exchange_signals(correlator, &subject, &resolved)
             .await?;
         let record = ExchangeRecord {
@@ -374,8 +388,13 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                 && (read.observed_at + half_minute - exchange.event_time).abs()
                     <= duration(policy.familiar_distance) + half_minute
         });
-        let suspicious = record.signals.outside_egress && exchange.succeeded();
-        if familiar && suspicious && !record.signals.new_user_agent {
+        // The workload's own SDK, right after a familiar read, teaches an
+        // address the egress does not have yet. With no egress known at all,
+        // this is how the first addresses are learned.
+        let learnable = matches!(egress, EgressVerdict::Outside | EgressVerdict::Unknown)
+            && exchange.succeeded()
+            && !record.signals.new_user_agent;
+        if familiar && learnable {
             self.learn_egress(correlator, &record).await?;
             return Ok(ExchangeDecision::Stored {
                 familiar,
@@ -383,7 +402,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                 signals: record.signals,
             });
         }
-        if !familiar && suspicious {
+        if !familiar && record.signals.outside_egress && exchange.succeeded() {
             return self.raise_exchange_finding(correlator, &record, now).await;
         }
         if duplicate {
@@ -535,7 +554,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         correlator: &Correlator<C>,
         subject: &Subject,
         exchange: &Exchange,
-    ) -> Result<CallSignals, EngineError> {
+    ) -> Result<(CallSignals, EgressVerdict), EngineError> {
         let key = subject.key();
         let at = exchange.event_time;
         let mut values = Vec::new();
@@ -553,10 +572,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         let mut new = vec![false; values.len()];
         let cached = {
             let cache = correlator.cache();
+            let known = cache.profile.get(&key);
             values.iter().all(|value| {
-                cache
-                    .profile
-                    .get(&(key.clone(), value.clone()))
+                known
+                    .and_then(|known| known.get(value))
                     .is_some_and(|written| {
                         !needs_refresh(*written, at, self.policy.refresh_interval)
                     })
@@ -572,40 +591,41 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                 new = sighting.new;
             }
             let mut cache = correlator.cache();
+            let known = cache.profile.entry(key.clone()).or_default();
             for value in &values {
-                cache.profile.insert((key.clone(), value.clone()), at);
+                known.insert(value.clone(), at);
             }
         }
         let flag = |index: Option<usize>| index.and_then(|i| new.get(i).copied()) == Some(true);
 
-        Ok(CallSignals {
-            outside_egress: self
-                .outside_egress(correlator, &subject.cluster, exchange)
-                .await?,
+        let egress = self
+            .egress_verdict(correlator, &subject.cluster, exchange)
+            .await?;
+        let signals = CallSignals {
+            outside_egress: egress == EgressVerdict::Outside,
             new_user_agent: flag(user_agent_index),
             new_session_name: flag(session_index),
-        })
+        };
+        Ok((signals, egress))
     }
 
-    /// Whether an exchange's source is an IP address outside its cluster's
-    /// egress. With no configured CIDR and no learned address for the
-    /// cluster, nothing counts as outside.
-    async fn outside_egress(
+    /// Places an exchange's source address against its cluster's egress.
+    async fn egress_verdict(
         &self,
         correlator: &Correlator<C>,
         cluster: &str,
         exchange: &Exchange,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<EgressVerdict, EngineError> {
         let Some(address) = exchange
             .source_address
             .as_deref()
             .and_then(|address| address.parse::<IpAddr>().ok())
         else {
-            return Ok(false);
+            return Ok(EgressVerdict::NotAnAddress);
         };
         let configured = &correlator.policy.egress;
         if configured.contains(cluster, address) {
-            return Ok(false);
+            return Ok(EgressVerdict::Inside);
         }
         let fresh = {
             let cache = correlator.cache();
@@ -628,7 +648,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
             }
         };
         if learned.contains(&address) {
-            return Ok(false);
+            return Ok(EgressVerdict::Inside);
         }
         let known = configured.for_cluster(cluster).next().is_some() || !learned.is_empty();
         if !known {
@@ -636,8 +656,9 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                 cluster,
                 "no egress known for the cluster: no address counts as outside"
             );
+            return Ok(EgressVerdict::Unknown);
         }
-        Ok(known)
+        Ok(EgressVerdict::Outside)
     }
 
     async fn learn_egress(
