@@ -23,7 +23,11 @@ pub use finding::{
     Severity, finding_id,
 };
 pub use policy::{Policy, PolicyError, parse_duration};
-pub use render::{Alert, AlertMessage, render_alert};
+pub use render::{
+    Alert, AlertMessage, CHATBOT_DESCRIPTION_MAX_CHARS, CHATBOT_SOURCE, CHATBOT_TEXT_TYPE,
+    CHATBOT_TITLE_MAX_CHARS, CHATBOT_VERSION, ChatbotContent, ChatbotError, ChatbotMetadata,
+    ChatbotNotification, render_alert,
+};
 pub use scope::{BaselineKey, Scope, ScopeKind, Value};
 pub use store::{
     BaselineStore, FindingRecord, MemoryStore, Notifier, ScopeRecord, StoreError, ValueRecord,

@@ -1,7 +1,16 @@
 //! Alert text for a finding, per delivery protocol.
 
+mod chatbot;
+#[cfg(test)]
+mod tests;
+
 use std::borrow::Cow;
 use std::fmt::Write;
+
+pub use chatbot::{
+    CHATBOT_DESCRIPTION_MAX_CHARS, CHATBOT_SOURCE, CHATBOT_TEXT_TYPE, CHATBOT_TITLE_MAX_CHARS,
+    CHATBOT_VERSION, ChatbotContent, ChatbotError, ChatbotMetadata, ChatbotNotification,
+};
 
 use crate::correlate::{Correlation, ExchangeFinding, MatchedCall};
 use crate::finding::{Finding, Rule, Severity};
@@ -48,7 +57,8 @@ impl Alert<'_> {
 }
 
 /// An alert ready for a notifier: SNS sends `default` to protocols without a
-/// part of their own and `email` to email subscribers.
+/// part of their own, `email` to email subscribers and `chatbot` to HTTPS
+/// subscribers, such as AWS Chatbot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertMessage {
     /// Email subject, under 100 characters as SNS requires.
@@ -57,6 +67,8 @@ pub struct AlertMessage {
     pub default: String,
     /// A readable report for email.
     pub email: String,
+    /// The Slack card, as an AWS Chatbot custom notification.
+    pub chatbot: ChatbotNotification,
     /// Message attributes for subscription filter policies.
     pub attributes: Vec<(&'static str, String)>,
 }
@@ -111,6 +123,7 @@ fn render_finding(finding: &Finding, escalated_from: Option<Severity>) -> AlertM
     }
 
     AlertMessage {
+        chatbot: chatbot::finding_card(finding, escalated_from, &subject),
         subject,
         default,
         email: email_text(finding, escalated_from),
@@ -438,6 +451,7 @@ fn render_exchange(finding: &ExchangeFinding) -> AlertMessage {
         attributes.push(("namespace", namespace.clone()));
     }
     AlertMessage {
+        chatbot: chatbot::exchange_card(finding, &subject),
         subject,
         default,
         email: text,

@@ -1,14 +1,18 @@
 //! [`Notifier`] that publishes alerts to an SNS topic.
 //!
 //! Each alert is one `Publish` with `MessageStructure=json`, so email
-//! subscribers get the readable report and every other protocol gets the
-//! one-line `default` text. Message attributes `severity`, `cluster`,
-//! `namespace` and `rule` let subscriptions filter alerts.
+//! subscribers get the readable report, HTTPS subscribers get the alert as
+//! an AWS Chatbot custom notification, which AWS Chatbot shows as a Slack
+//! card, and every other protocol gets the one-line `default` text. Message
+//! attributes `severity`, `cluster`, `namespace` and `rule` let subscriptions
+//! filter alerts.
 
 use aws_sdk_sns::Client;
 use aws_sdk_sns::types::MessageAttributeValue;
 use thiserror::Error;
-use tokenguard_core::{Alert, AlertMessage, Notifier, StoreError, render_alert};
+use tokenguard_core::{
+    Alert, AlertMessage, ChatbotError, ChatbotNotification, Notifier, StoreError, render_alert,
+};
 use tracing::debug;
 
 use crate::aws_error::{Resource, classify};
@@ -26,7 +30,8 @@ const TRUNCATION_NOTE: &str =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
     pub subject: String,
-    /// JSON object with a `default` and an `email` member.
+    /// JSON object with string members `default`, `email` and `https`. The
+    /// `https` member contains the AWS Chatbot notification as JSON.
     pub message: String,
     /// String message attributes, without empty values, which SNS rejects.
     pub attributes: Vec<(&'static str, String)>,
@@ -42,6 +47,10 @@ pub enum PublicationError {
     /// The message does not parse as JSON.
     #[error("invalid SNS message: not JSON ({0}); fix the alert rendering")]
     InvalidJson(String),
+    /// The `https` member is not a string that contains a valid AWS Chatbot
+    /// custom notification, so Chatbot would drop it.
+    #[error("invalid \"https\" part of the SNS message: {reason}; fix the alert rendering")]
+    InvalidChatbot { reason: String },
     /// The message stays over the size limit even with the email report cut.
     #[error(
         "SNS message of {bytes} bytes exceeds the {MAX_PUBLISH_BYTES}-byte limit: \
@@ -50,7 +59,16 @@ pub enum PublicationError {
     TooLarge { bytes: usize },
 }
 
-/// Builds the `Publish` request for an alert and checks it as SNS would.
+impl From<ChatbotError> for PublicationError {
+    fn from(error: ChatbotError) -> PublicationError {
+        PublicationError::InvalidChatbot {
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Builds the `Publish` request for an alert and checks it as SNS and AWS
+/// Chatbot would.
 pub fn publication(alert: &AlertMessage) -> Result<Publication, PublicationError> {
     let attributes: Vec<_> = alert
         .attributes
@@ -65,7 +83,11 @@ pub fn publication(alert: &AlertMessage) -> Result<Publication, PublicationError
             .map(|(name, value)| name.len() + value.len() + "String".len())
             .sum::<usize>();
     let budget = MAX_PUBLISH_BYTES.saturating_sub(overhead);
-    let message = json_message(&alert.default, &alert.email, budget)?;
+    // The card is already within Chatbot's limits, so only the email is cut.
+    alert.chatbot.check()?;
+    let https = serde_json::to_string(&alert.chatbot)
+        .map_err(|error| PublicationError::InvalidJson(error.to_string()))?;
+    let message = json_message(&alert.default, &alert.email, &https, budget)?;
     check_message(&message)?;
     Ok(Publication {
         subject,
@@ -76,9 +98,15 @@ pub fn publication(alert: &AlertMessage) -> Result<Publication, PublicationError
 
 /// Serializes the per-protocol message, cutting the email report until the
 /// whole message fits in `budget` bytes.
-fn json_message(default: &str, email: &str, budget: usize) -> Result<String, PublicationError> {
-    let encode =
-        |email: &str| serde_json::json!({ "default": default, "email": email }).to_string();
+fn json_message(
+    default: &str,
+    email: &str,
+    https: &str,
+    budget: usize,
+) -> Result<String, PublicationError> {
+    let encode = |email: &str| {
+        serde_json::json!({ "default": default, "email": email, "https": https }).to_string()
+    };
     let mut message = encode(email);
     let mut kept_bytes = email.len();
     while message.len() > budget {
@@ -99,15 +127,30 @@ fn json_message(default: &str, email: &str, budget: usize) -> Result<String, Pub
     Ok(message)
 }
 
-/// Checks what SNS checks for `MessageStructure=json`: a JSON object whose
-/// `default` member is a string.
+/// Checks that the message is a JSON object whose `default` member is a
+/// string, as SNS requires for `MessageStructure=json`. An `https` member,
+/// when present, must be a string that contains an AWS Chatbot custom
+/// notification with no fields beyond the documented ones, which
+/// [`ChatbotNotification::check`] accepts.
 pub fn check_message(message: &str) -> Result<(), PublicationError> {
     let value: serde_json::Value = serde_json::from_str(message)
         .map_err(|error| PublicationError::InvalidJson(error.to_string()))?;
-    match value.get("default") {
-        Some(serde_json::Value::String(_)) => Ok(()),
-        _ => Err(PublicationError::MissingDefault {
+    if !matches!(value.get("default"), Some(serde_json::Value::String(_))) {
+        return Err(PublicationError::MissingDefault {
             message: message.chars().take(80).collect(),
+        });
+    }
+    match value.get("https") {
+        None => Ok(()),
+        Some(serde_json::Value::String(https)) => {
+            let card: ChatbotNotification =
+                serde_json::from_str(https).map_err(|error| PublicationError::InvalidChatbot {
+                    reason: format!("not a custom notification ({error})"),
+                })?;
+            Ok(card.check()?)
+        }
+        Some(_) => Err(PublicationError::InvalidChatbot {
+            reason: "expected a string holding the notification as JSON".to_owned(),
         }),
     }
 }
@@ -209,13 +252,38 @@ impl Notifier for SnsNotifier {
 
 #[cfg(test)]
 mod tests {
+    use tokenguard_core::{ChatbotContent, ChatbotMetadata};
+
     use super::*;
+
+    fn card() -> ChatbotNotification {
+        ChatbotNotification {
+            version: "1.0".to_owned(),
+            source: "custom".to_owned(),
+            id: Some("tg-1".to_owned()),
+            content: ChatbotContent {
+                text_type: "client-markdown".to_owned(),
+                title: "[tokenguard MEDIUM] curl read the AWS token".to_owned(),
+                description: "*Severity:* medium\n*Process:* `curl \"x\"`".to_owned(),
+                next_steps: vec!["Check the pod.".to_owned()],
+                keywords: vec!["medium".to_owned()],
+            },
+            metadata: Some(ChatbotMetadata {
+                thread_id: Some("tg-1".to_owned()),
+                summary: None,
+                event_type: None,
+                related_resources: Vec::new(),
+                additional_context: Default::default(),
+            }),
+        }
+    }
 
     fn alert(subject: &str, default: &str, email: &str) -> AlertMessage {
         AlertMessage {
             subject: subject.to_owned(),
             default: default.to_owned(),
             email: email.to_owned(),
+            chatbot: card(),
             attributes: vec![
                 ("severity", "medium".to_owned()),
                 ("cluster", "prod-eu".to_owned()),
@@ -225,13 +293,20 @@ mod tests {
         }
     }
 
+    fn https_card(message: &str) -> ChatbotNotification {
+        let value: serde_json::Value = serde_json::from_str(message).unwrap();
+        let https = value["https"].as_str().expect("https is a string");
+        serde_json::from_str(https).unwrap()
+    }
+
     #[test]
     fn message_is_json_with_default() {
         let built = publication(&alert("s", "line \"quoted\"\n", "report\n\tindented")).unwrap();
         let value: serde_json::Value = serde_json::from_str(&built.message).unwrap();
         assert_eq!(value["default"], "line \"quoted\"\n");
         assert_eq!(value["email"], "report\n\tindented");
-        assert_eq!(value.as_object().unwrap().len(), 2);
+        assert_eq!(https_card(&built.message), card());
+        assert_eq!(value.as_object().unwrap().len(), 3);
     }
 
     #[test]
@@ -253,6 +328,63 @@ mod tests {
             Err(PublicationError::MissingDefault { .. })
         ));
         assert_eq!(check_message("{\"default\": \"\"}"), Ok(()));
+    }
+
+    #[test]
+    fn message_check_rejects_bad_card() {
+        let with_https = |https: serde_json::Value| {
+            check_message(&serde_json::json!({ "default": "d", "https": https }).to_string())
+        };
+        let valid = serde_json::to_value(card()).unwrap();
+        assert_eq!(with_https(valid.to_string().into()), Ok(()));
+
+        // The card as a JSON object instead of a string.
+        assert!(matches!(
+            with_https(valid.clone()),
+            Err(PublicationError::InvalidChatbot { .. })
+        ));
+        assert!(matches!(
+            with_https("{\"version\": ".into()),
+            Err(PublicationError::InvalidChatbot { .. })
+        ));
+
+        let mut unknown = valid.clone();
+        unknown["content"]["color"] = "red".into();
+        let error = with_https(unknown.to_string().into()).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `color`"),
+            "{error}"
+        );
+
+        let mut missing = valid.clone();
+        missing["content"]
+            .as_object_mut()
+            .unwrap()
+            .remove("description");
+        assert!(matches!(
+            with_https(missing.to_string().into()),
+            Err(PublicationError::InvalidChatbot { .. })
+        ));
+
+        let mut version = valid;
+        version["version"] = "2.0".into();
+        let error = with_https(version.to_string().into()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid \"https\" part of the SNS message: invalid Chatbot notification: version \
+             is \"2.0\", expected \"1.0\"; fix the alert rendering"
+        );
+    }
+
+    #[test]
+    fn invalid_card_not_published() {
+        let mut bad = alert("s", "d", "e");
+        bad.chatbot.content.text_type = "markdown".to_owned();
+        let error = publication(&bad).unwrap_err();
+        assert!(
+            matches!(error, PublicationError::InvalidChatbot { .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -291,7 +423,11 @@ mod tests {
     #[test]
     fn oversized_email_truncated() {
         let email = "é".repeat(MAX_PUBLISH_BYTES);
-        let built = publication(&alert("s", "one line", &email)).unwrap();
+        let mut large = alert("s", "one line", &email);
+        // A card at the description limit, of characters that JSON escapes
+        // twice: once in the card and once in the SNS message.
+        large.chatbot.content.description = "\"".repeat(8_000);
+        let built = publication(&large).unwrap();
         let overhead: usize = built.subject.len()
             + built
                 .attributes
@@ -304,6 +440,11 @@ mod tests {
         let cut = value["email"].as_str().unwrap();
         assert!(cut.ends_with(TRUNCATION_NOTE));
         assert!(cut.starts_with("éé"));
+        assert_eq!(
+            https_card(&built.message),
+            large.chatbot,
+            "the card is kept whole"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The SNS notifier against moto: a topic with SQS subscribers receives the
-//! alert with its exact text and message attributes.
+//! alert with its exact text and message attributes, and the published
+//! message has its `default`, `email` and `https` parts.
 
 mod common;
 
@@ -143,8 +144,26 @@ async fn alert_reaches_sqs_subscriber() {
     let email = EMAIL_FIXTURE.replace("{finding_id}", &finding_id);
     assert_eq!(message["email"], email.as_str());
     assert_eq!(message["default"], default.as_str());
-    assert_eq!(message.as_object().unwrap().len(), 2);
+    assert_eq!(message.as_object().unwrap().len(), 3);
     assert_eq!(sent[0][2], subject);
+
+    // The https part, for AWS Chatbot, is the card serialized as a string.
+    let https = message["https"].as_str().expect("https is a string");
+    let card: Value = serde_json::from_str(https).unwrap();
+    assert_eq!(card["version"], "1.0");
+    assert_eq!(card["source"], "custom");
+    assert_eq!(card["content"]["textType"], "client-markdown");
+    assert_eq!(card["content"]["title"], subject);
+    assert_eq!(card["metadata"]["threadId"], finding_id.as_str());
+    assert_eq!(
+        card["content"]["keywords"],
+        json!([
+            "medium",
+            "test",
+            "payments",
+            "unfamiliar_process_token_read"
+        ])
+    );
 }
 
 #[tokio::test]
