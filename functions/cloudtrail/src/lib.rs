@@ -13,3 +13,8 @@ pub mod metrics;
 
 pub use eks::EksIssuers;
 pub use handler::{handle_eventbridge, handle_sqs};
+
+/// Every environment variable this function reads, apart from those Lambda
+/// sets. They are the detector's, because both functions load the same
+/// [`tokenguard_detector::Config`] and log filter.
+pub const ENV_VARS: &[&str] = tokenguard_detector::ENV_VARS;

@@ -16,7 +16,8 @@ use tokenguard_cloudtrail::{EksIssuers, handle_eventbridge, handle_sqs};
 use tokenguard_core::Engine;
 use tokenguard_core::cloudtrail::ClusterResolver;
 use tokenguard_detector::{
-    CLUSTERS_VAR, Config, DetectorEngine, DynamoCorrelation, DynamoStore, SnsNotifier,
+    CLUSTERS_VAR, Config, DetectorEngine, DynamoCorrelation, DynamoStore, LOG_FILTER_VAR,
+    SnsNotifier,
 };
 use tracing::{Instrument, info, info_span};
 use tracing_subscriber::EnvFilter;
@@ -111,7 +112,7 @@ async fn invoke(
 
 /// JSON logs on stdout, filtered by `RUST_LOG` (default `info`).
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env(LOG_FILTER_VAR).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

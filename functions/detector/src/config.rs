@@ -23,6 +23,31 @@ pub const LEARNING_PERIOD_VAR: &str = "TOKENGUARD_LEARNING_PERIOD";
 /// How long a value is remembered without a sighting, such as `28d`.
 pub const FORGET_AFTER_VAR: &str = "TOKENGUARD_FORGET_AFTER";
 
+/// Tracing filter of the function's logs, such as `info` or
+/// `tokenguard_core=debug`. `main` reads it and uses `info` when it is unset
+/// or invalid.
+pub const LOG_FILTER_VAR: &str = "RUST_LOG";
+
+/// Every environment variable the detector and CloudTrail functions read.
+///
+/// [`Config::from_env`] reads no variable outside this list, and a unit test
+/// checks that it reads all of them except [`LOG_FILTER_VAR`]. The variables
+/// that Lambda itself sets, such as `AWS_REGION`, `AWS_LAMBDA_RUNTIME_API`
+/// and the credentials, are not listed: the AWS SDK and the Lambda runtime
+/// read them.
+pub const ENV_VARS: &[&str] = &[
+    BASELINE_TABLE_VAR,
+    FINDINGS_TABLE_VAR,
+    CORRELATION_TABLE_VAR,
+    TOPIC_ARN_VAR,
+    LEARNING_PERIOD_VAR,
+    FORGET_AFTER_VAR,
+    CORRELATION_WINDOW_VAR,
+    EGRESS_CIDRS_VAR,
+    CLUSTERS_VAR,
+    LOG_FILTER_VAR,
+];
+
 pub const DEFAULT_LEARNING_PERIOD: &str = "7d";
 pub const DEFAULT_FORGET_AFTER: &str = "28d";
 pub const DEFAULT_CORRELATION_WINDOW: &str = "15m";
@@ -94,9 +119,16 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads the settings from the process environment.
+    /// Reads the settings from the process environment. A variable missing
+    /// from [`ENV_VARS`] reads as unset.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| std::env::var(name).ok())
+        Config::from_lookup(|name| {
+            if ENV_VARS.contains(&name) {
+                std::env::var(name).ok()
+            } else {
+                None
+            }
+        })
     }
 
     /// Reads the settings through `lookup`, which returns a variable's value.
@@ -294,6 +326,31 @@ mod tests {
             let message = config(&vars).unwrap_err().to_string();
             assert!(message.starts_with(start), "{message}");
         }
+    }
+
+    #[test]
+    fn loader_reads_listed_variables() {
+        let read = std::cell::RefCell::new(Vec::new());
+        let vars: HashMap<_, _> = required().into_iter().collect();
+        Config::from_lookup(|name| {
+            read.borrow_mut().push(name.to_owned());
+            vars.get(name).map(|value| value.to_string())
+        })
+        .unwrap();
+
+        let mut read = read.into_inner();
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<_> = ENV_VARS
+            .iter()
+            .filter(|name| **name != LOG_FILTER_VAR)
+            .map(|name| name.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(
+            read, listed,
+            "Config reads exactly ENV_VARS except RUST_LOG"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod dynamodb;
 pub mod handler;
 pub mod sns;
 
-pub use config::{CLUSTERS_VAR, Config, ConfigError};
+pub use config::{CLUSTERS_VAR, Config, ConfigError, ENV_VARS, LOG_FILTER_VAR};
 pub use dynamodb::{DynamoCorrelation, DynamoStore, create_correlation_table, create_tables};
 pub use handler::{Reply, handle_batch, handle_request};
 pub use sns::SnsNotifier;

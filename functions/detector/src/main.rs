@@ -14,7 +14,8 @@ use aws_lambda_events::event::lambda_function_urls::{
 use lambda_runtime::{LambdaEvent, service_fn};
 use tokenguard_core::Engine;
 use tokenguard_detector::{
-    Config, DetectorEngine, DynamoCorrelation, DynamoStore, SnsNotifier, handle_request,
+    Config, DetectorEngine, DynamoCorrelation, DynamoStore, LOG_FILTER_VAR, SnsNotifier,
+    handle_request,
 };
 use tracing::{Instrument, info, info_span};
 use tracing_subscriber::EnvFilter;
@@ -75,7 +76,7 @@ async fn invoke(
 
 /// JSON logs on stdout, filtered by `RUST_LOG` (default `info`).
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env(LOG_FILTER_VAR).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
