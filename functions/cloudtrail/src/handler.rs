@@ -7,6 +7,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokenguard_core::cloudtrail::{ClusterResolver, IssuerLookup, eventbridge_detail};
+use tokenguard_core::contain::Responder;
 use tokenguard_core::correlate::CorrelationStore;
 use tokenguard_core::ingest::{RecordCounts, RecordOutcome, process_record};
 use tokenguard_core::{BaselineStore, Engine, EngineError, Notifier};
@@ -16,8 +17,8 @@ use tracing::{info, warn};
 /// engine. Messages that failed on a dependency are returned as batch item
 /// failures, so SQS redelivers only those; a message that can never be
 /// processed is logged, counted and dropped.
-pub async fn handle_sqs<S, N, C, L>(
-    engine: &Engine<S, N, C>,
+pub async fn handle_sqs<S, N, C, K, L>(
+    engine: &Engine<S, N, C, K>,
     resolver: &ClusterResolver<L>,
     event: &SqsEvent,
     now: DateTime<Utc>,
@@ -26,6 +27,7 @@ where
     S: BaselineStore,
     N: Notifier,
     C: CorrelationStore,
+    K: Responder,
     L: IssuerLookup,
 {
     let mut counts = RecordCounts::default();
@@ -69,8 +71,8 @@ where
 
 /// Runs one EventBridge event delivered straight to the function. An error
 /// fails the invocation, so Lambda's asynchronous retries run it again.
-pub async fn handle_eventbridge<S, N, C, L>(
-    engine: &Engine<S, N, C>,
+pub async fn handle_eventbridge<S, N, C, K, L>(
+    engine: &Engine<S, N, C, K>,
     resolver: &ClusterResolver<L>,
     event: &CloudWatchEvent<Value>,
     now: DateTime<Utc>,
@@ -79,6 +81,7 @@ where
     S: BaselineStore,
     N: Notifier,
     C: CorrelationStore,
+    K: Responder,
     L: IssuerLookup,
 {
     let mut counts = RecordCounts::default();

@@ -7,6 +7,7 @@ use thiserror::Error;
 use tokenguard_schema::{Node, Outcome, OutcomeStatus, TokenRead};
 use tracing::{debug, info, warn};
 
+use crate::contain::{ContainmentDecision, NoContainment, Responder, Trigger};
 use crate::correlate::{CorrelationPolicy, CorrelationStore, NoCorrelation};
 use crate::finding::{
     BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule, finding_id,
@@ -59,14 +60,16 @@ impl From<StoreError> for EngineError {
     }
 }
 
-/// Runs reads through the baseline and raises findings, and with a
-/// correlation store, matches them with CloudTrail exchanges.
+/// Runs reads through the baseline and raises findings. With a correlation
+/// store, it matches them with CloudTrail exchanges, and with a responder, it
+/// contains what they name.
 #[derive(Debug)]
-pub struct Engine<S, N, C = NoCorrelation> {
+pub struct Engine<S, N, C = NoCorrelation, K = NoContainment> {
     store: S,
     notifier: N,
     policy: Policy,
     correlation: Option<Correlator<C>>,
+    responder: K,
 }
 
 impl<S: BaselineStore, N: Notifier> Engine<S, N, NoCorrelation> {
@@ -77,7 +80,26 @@ impl<S: BaselineStore, N: Notifier> Engine<S, N, NoCorrelation> {
             notifier,
             policy,
             correlation: None,
+            responder: NoContainment,
         }
+    }
+}
+
+impl<S, N, C, K> Engine<S, N, C, K> {
+    /// Returns this engine with `responder` deciding containment for each
+    /// finding before its alert goes out.
+    pub fn with_containment<R: Responder>(self, responder: R) -> Engine<S, N, C, R> {
+        Engine {
+            store: self.store,
+            notifier: self.notifier,
+            policy: self.policy,
+            correlation: self.correlation,
+            responder,
+        }
+    }
+
+    pub fn responder(&self) -> &K {
+        &self.responder
     }
 }
 
@@ -96,9 +118,12 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
             notifier,
             policy,
             correlation: Some(Correlator::new(correlation, correlation_policy)),
+            responder: NoContainment,
         }
     }
+}
 
+impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S, N, C, K> {
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -206,6 +231,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
                 return Ok(Decision::Duplicate);
             }
             let existing = self.correlate_read(read, existing, now).await?;
+            let existing = self.contain(existing, Trigger::AgentRead, now).await?;
             return self.notify(key, existing).await;
         }
 
@@ -260,6 +286,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
             triage: triage_steps(rule, &read.cluster, &read.process, read.pod.as_ref()),
             correlation: None,
             changes: Vec::new(),
+            containment: Vec::new(),
         };
 
         let record = FindingRecord {
@@ -269,7 +296,66 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         };
         self.store.put_finding(key, &record).await?;
         let record = self.correlate_read(read, record, now).await?;
+        let record = self.contain(record, Trigger::AgentRead, now).await?;
         self.notify(key, record).await
+    }
+
+    /// Runs the responder on a stored finding and records its new decisions
+    /// before the alert goes out, so the alert shows them. A finding retried
+    /// after its decisions were stored is not decided again for settled
+    /// actions.
+    async fn contain(
+        &self,
+        record: FindingRecord,
+        trigger: Trigger,
+        now: DateTime<Utc>,
+    ) -> Result<FindingRecord, EngineError> {
+        let decisions = self.responder.respond(&record.finding, trigger, now).await;
+        if decisions.is_empty() {
+            return Ok(record);
+        }
+        self.record_containment(record, &decisions).await
+    }
+
+    /// Appends containment decisions to a stored finding. Another writer may
+    /// have changed the finding since it was read, so on a version conflict
+    /// the finding is read again and the decisions appended to that.
+    pub(crate) async fn record_containment(
+        &self,
+        mut record: FindingRecord,
+        decisions: &[ContainmentDecision],
+    ) -> Result<FindingRecord, EngineError> {
+        const ATTEMPTS: usize = 8;
+        for _ in 0..ATTEMPTS {
+            let mut candidate = record.clone();
+            candidate.finding.containment.extend_from_slice(decisions);
+            if self.store.replace_finding(&candidate).await? {
+                candidate.version += 1;
+                return Ok(candidate);
+            }
+            let finding_id = &record.finding.finding_id;
+            debug!(
+                finding_id,
+                "finding changed while containment was recorded; retrying"
+            );
+            record =
+                self.store
+                    .get_finding(finding_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Permanent {
+                        operation: "record containment",
+                        message: format!(
+                            "finding {finding_id} disappeared from the findings table"
+                        ),
+                    })?;
+        }
+        Err(EngineError::Store(StoreError::Transient {
+            operation: "record containment",
+            message: format!(
+                "finding {} kept changing over {ATTEMPTS} attempts",
+                record.finding.finding_id
+            ),
+        }))
     }
 
     async fn notify(

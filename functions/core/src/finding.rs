@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenguard_schema::{Container, Pod, Process, Token};
 
+use crate::contain::ContainmentDecision;
 use crate::correlate::{Correlation, SeverityChange};
 use crate::scope::{BaselineKey, Scope, Value};
 
@@ -165,6 +166,9 @@ pub struct Finding {
     /// Each rise in severity since the finding was raised, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<SeverityChange>,
+    /// Containment decisions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containment: Vec<ContainmentDecision>,
 }
 
 /// Derives the id of the finding that `event_id` raises for `key`.

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 use crate::cloudtrail::{
     ClusterRef, ClusterResolver, IssuerLookup, Parsed, RecordError, parse_record,
 };
+use crate::contain::Responder;
 use crate::correlate::CorrelationStore;
 use crate::engine::{Engine, EngineError, ExchangeDecision};
 use crate::store::{BaselineStore, Notifier};
@@ -41,8 +42,8 @@ pub enum RecordOutcome {
 
 /// Runs one CloudTrail record through `engine`. Errors are those a retry may
 /// fix; a bad record is an [`RecordOutcome::Invalid`], never an error.
-pub async fn process_record<S, N, C, L>(
-    engine: &Engine<S, N, C>,
+pub async fn process_record<S, N, C, K, L>(
+    engine: &Engine<S, N, C, K>,
     resolver: &ClusterResolver<L>,
     record: &Value,
     now: DateTime<Utc>,
@@ -51,14 +52,15 @@ where
     S: BaselineStore,
     N: Notifier,
     C: CorrelationStore,
+    K: Responder,
     L: IssuerLookup,
 {
     process_parsed(engine, resolver, parse_record(record), now).await
 }
 
 /// Runs a record parsed before, as [`process_record`] does.
-pub async fn process_parsed<S, N, C, L>(
-    engine: &Engine<S, N, C>,
+pub async fn process_parsed<S, N, C, K, L>(
+    engine: &Engine<S, N, C, K>,
     resolver: &ClusterResolver<L>,
     parsed: Result<Parsed, RecordError>,
     now: DateTime<Utc>,
@@ -67,6 +69,7 @@ where
     S: BaselineStore,
     N: Notifier,
     C: CorrelationStore,
+    K: Responder,
     L: IssuerLookup,
 {
     let exchange = match parsed {

@@ -7,6 +7,7 @@
 //! records of token exchanges, and [`correlate`] matches them with reads.
 
 pub mod cloudtrail;
+pub mod contain;
 pub mod conformance;
 pub mod correlate;
 mod engine;

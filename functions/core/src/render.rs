@@ -12,6 +12,7 @@ pub use chatbot::{
     CHATBOT_VERSION, ChatbotContent, ChatbotError, ChatbotMetadata, ChatbotNotification,
 };
 
+use crate::contain::ContainmentDecision;
 use crate::correlate::{Correlation, ExchangeFinding, MatchedCall};
 use crate::finding::{Finding, Rule, Severity};
 
@@ -288,6 +289,7 @@ fn email_text(finding: &Finding, escalated_from: Option<Severity>) -> String {
     if let Some(correlation) = &finding.correlation {
         write_correlation(&mut text, correlation);
     }
+    write_containment(&mut text, &finding.containment);
     if escalated_from.is_none() && !finding.changes.is_empty() {
         let _ = writeln!(text, "Why this severity");
         for change in &finding.changes {
@@ -321,6 +323,26 @@ fn write_mitre(text: &mut String, mitre: &crate::finding::Mitre) {
         "MITRE ATT&CK: {} {}, {} {}",
         mitre.tactic.id, mitre.tactic.name, mitre.technique.id, mitre.technique.name
     );
+}
+
+/// The containment decisions of a finding, one line each, oldest first.
+fn write_containment(text: &mut String, decisions: &[ContainmentDecision]) {
+    if decisions.is_empty() {
+        return;
+    }
+    let _ = writeln!(text, "Containment");
+    for decision in decisions {
+        let _ = writeln!(
+            text,
+            "  {} ({}, at {} severity): {}: {}",
+            decision.action.as_str(),
+            decision.mode.as_str(),
+            decision.severity.as_str(),
+            decision.outcome.label(),
+            printable(decision.outcome.text())
+        );
+    }
+    let _ = writeln!(text);
 }
 
 /// The CloudTrail calls matched to a finding, one paragraph each.

@@ -9,6 +9,7 @@ use aws_lambda_events::http::{HeaderMap, HeaderValue, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
+use tokenguard_core::contain::Responder;
 use tokenguard_core::correlate::CorrelationStore;
 use tokenguard_core::{BaselineStore, Engine, Notifier};
 use tokenguard_schema::{
@@ -32,8 +33,8 @@ impl Reply {
 }
 
 /// Handles one Function URL request: only `POST` with a JSON batch body.
-pub async fn handle_request<S: BaselineStore, N: Notifier, C: CorrelationStore>(
-    engine: &Engine<S, N, C>,
+pub async fn handle_request<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder>(
+    engine: &Engine<S, N, C, K>,
     request: &LambdaFunctionUrlRequest,
     now: DateTime<Utc>,
 ) -> LambdaFunctionUrlResponse {
@@ -105,8 +106,8 @@ fn is_json(content_type: &str) -> bool {
 /// one outcome per event, unless every event failed on a dependency: then it
 /// is 503, with the same outcomes, so the sender backs off before retrying.
 /// Events are detected at `now`, which also bounds their `observed_at`.
-pub async fn handle_batch<S: BaselineStore, N: Notifier, C: CorrelationStore>(
-    engine: &Engine<S, N, C>,
+pub async fn handle_batch<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder>(
+    engine: &Engine<S, N, C, K>,
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Reply {

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{Engine, EngineError};
 use crate::cloudtrail::{ClusterRef, Exchange};
+use crate::contain::{Responder, Trigger};
 use crate::correlate::{
     CallSignals, Correlation, CorrelationPolicy, CorrelationStore, ExchangeFinding,
     ExchangeFindingRecord, ExchangeRecord, MatchedCall, ReadRecord, SeverityChange, Subject,
@@ -132,7 +133,7 @@ struct Merged {
     changed: bool,
 }
 
-impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
+impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S, N, C, K> {
     /// The correlation settings, if this engine correlates.
     pub fn correlation_policy(&self) -> Option<&CorrelationPolicy> {
         self.correlation.as_ref().map(|c| &c.policy)
@@ -432,7 +433,7 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
         let mut escalated = Vec::new();
         let mut changed_any = false;
         for finding_id in finding_ids {
-            let Some(merged) = self
+            let Some(mut merged) = self
                 .merge_calls(finding_id, None, std::slice::from_ref(record), now)
                 .await?
             else {
@@ -441,8 +442,13 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore> Engine<S, N, C> {
             };
             changed_any |= merged.changed;
             findings.push(finding_id.to_string());
+            let rose = merged.record.finding.severity > merged.before;
+            if rose {
+                merged.record = self
+                    .contain(merged.record, Trigger::Escalation, now)
+                    .await?;
+            }
             let finding = &merged.record.finding;
-            let rose = finding.severity > merged.before;
             let alert = if rose && merged.was_notified {
                 Some(Alert::Escalation {
                     finding,

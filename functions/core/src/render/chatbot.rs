@@ -197,6 +197,19 @@ pub(super) fn finding_card(
         );
         write_calls(&mut text, &correlation.calls);
     }
+    if !finding.containment.is_empty() {
+        let _ = writeln!(text, "*Containment:*");
+        for decision in &finding.containment {
+            let _ = writeln!(
+                text,
+                "• {} ({}): {}: {}",
+                decision.action.as_str(),
+                decision.mode.as_str(),
+                decision.outcome.label(),
+                markdown_text(decision.outcome.text())
+            );
+        }
+    }
     let _ = write!(text, "*Finding:* {}", markdown_code(&finding.finding_id));
 
     let namespace = finding

@@ -50,6 +50,7 @@ fn curl_finding() -> Finding {
         mitre: Mitre::credentials_in_files(),
         correlation: None,
         changes: Vec::new(),
+        containment: Vec::new(),
     }
 }
 
