@@ -169,6 +169,7 @@ fn envelope_size() -> usize {
         schema: SCHEMA_VERSION,
         node: node(),
         events: Vec::new(),
+        reports: Vec::new(),
     };
     serde_json::to_vec(&envelope).unwrap().len()
 }

@@ -487,6 +487,7 @@ pub fn batch_body(events: Vec<TokenRead>) -> String {
             hook: None,
         },
         events,
+        reports: Vec::new(),
     };
     serde_json::to_string(&batch).unwrap_or_default()
 }

@@ -29,6 +29,9 @@ pub struct Batch {
     pub schema: u32,
     pub node: Node,
     pub events: Vec<TokenRead>,
+    /// What the agent did with the orders of earlier answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<ActionReport>,
 }
 
 /// A batch whose events are not parsed yet, so each can fail on its own.
@@ -37,6 +40,45 @@ pub struct BatchEnvelope {
     pub schema: u32,
     pub node: Node,
     pub events: Vec<Box<RawValue>>,
+    #[serde(default)]
+    pub reports: Vec<Box<RawValue>>,
+}
+
+/// An order from the detector to the agent that posted the read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentOrder {
+    /// Send SIGKILL to the process, only if `pid` still has `start_time`.
+    Kill { pid: u32, start_time: u64 },
+}
+
+/// What the agent did with an order, sent back in a later batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReport {
+    /// The finding whose answer carried the order.
+    pub finding_id: String,
+    pub order: AgentOrder,
+    pub result: ActionResult,
+    /// Free text: the error, or what the agent found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Result of an order on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionResult {
+    /// The signal was sent to the same process.
+    Killed,
+    /// The process had exited before the order arrived.
+    Exited,
+    /// The pid now belongs to another process, which was left alone.
+    PidReused,
+    /// The agent runs with orders turned off.
+    Disabled,
+    /// The signal could not be sent.
+    Failed,
 }
 
 /// The node that observed the reads.
@@ -191,6 +233,9 @@ pub struct Outcome {
     /// The finding this event raised, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finding_id: Option<String>,
+    /// What the agent must do now, for a finding in enforce mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<AgentOrder>,
 }
 
 /// Status of one event in a [`BatchResponse`].
@@ -213,6 +258,7 @@ impl Outcome {
             status: OutcomeStatus::Accepted,
             reason: None,
             finding_id,
+            order: None,
         }
     }
 
@@ -222,6 +268,7 @@ impl Outcome {
             status,
             reason,
             finding_id: None,
+            order: None,
         }
     }
 }

@@ -124,6 +124,7 @@ impl HttpSink {
             schema: SCHEMA_VERSION,
             node: config.node.clone(),
             events: Vec::new(),
+            reports: Vec::new(),
         };
         let envelope_size = serde_json::to_vec(&envelope).map_or(usize::MAX, |body| body.len());
         // Each event adds its own encoding and, after the first, a comma.
@@ -493,6 +494,7 @@ impl Sender {
             schema: SCHEMA_VERSION,
             node: self.config.node.clone(),
             events: batch.iter().map(|p| p.read.clone()).collect(),
+            reports: Vec::new(),
         };
         let body = match serde_json::to_vec(&body) {
             Ok(body) => body,
