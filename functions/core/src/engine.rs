@@ -4,10 +4,15 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use thiserror::Error;
-use tokenguard_schema::{Node, Outcome, OutcomeStatus, TokenRead};
+use tokenguard_schema::{
+    ActionReport, ActionResult, AgentOrder, Node, Outcome, OutcomeStatus, TokenRead,
+};
 use tracing::{debug, info, warn};
 
-use crate::contain::{ContainmentDecision, NoContainment, Responder, Trigger};
+use crate::contain::{
+    Action, ContainmentDecision, ContainmentOutcome, Mode, NoContainment, Responder, Trigger,
+    kill_order, latest_decision,
+};
 use crate::correlate::{CorrelationPolicy, CorrelationStore, NoCorrelation};
 use crate::finding::{
     BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, Rule, finding_id,
@@ -381,6 +386,66 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
         Ok(Decision::Finding(Box::new(finding)))
     }
 
+    /// Records on its finding what an agent did with a kill order. A report
+    /// is ignored, with a warning, unless the finding's latest kill decision
+    /// is an order for the same process on the reporting node, so a report
+    /// cannot rewrite another node's finding or a settled decision.
+    pub async fn record_report(
+        &self,
+        node: &Node,
+        report: &ActionReport,
+        now: DateTime<Utc>,
+    ) -> Result<bool, EngineError> {
+        let finding_id = &report.finding_id;
+        let Some(record) = self.store.get_finding(finding_id).await? else {
+            warn!(finding_id, node = %node.name, "action report for an unknown finding ignored");
+            return Ok(false);
+        };
+        let AgentOrder::Kill { pid, start_time } = report.order;
+        let ordered = kill_order(&record.finding) == Some((pid, start_time));
+        if record.finding.node != node.name || !ordered {
+            warn!(
+                finding_id, node = %node.name, pid,
+                "action report does not match an open kill order of this node; ignored"
+            );
+            return Ok(false);
+        }
+        let detail = report.detail.as_deref().unwrap_or_default();
+        let process = format!("pid {pid} (start time {start_time})");
+        let outcome = match report.result {
+            ActionResult::Killed => ContainmentOutcome::Acted {
+                detail: format!("the agent sent SIGKILL to {process} at {}", report.at),
+            },
+            ActionResult::Exited => ContainmentOutcome::Skipped {
+                reason: format!("{process} had exited before the order arrived"),
+            },
+            ActionResult::PidReused => ContainmentOutcome::Skipped {
+                reason: format!("pid {pid} belongs to another process now; it was left alone"),
+            },
+            ActionResult::Disabled => ContainmentOutcome::Skipped {
+                reason: "the agent on this node runs with kill orders turned off".to_owned(),
+            },
+            ActionResult::Failed => ContainmentOutcome::Failed {
+                error: format!("SIGKILL to {process} failed: {detail}"),
+            },
+        };
+        let previous = latest_decision(&record.finding, Action::KillProcess);
+        let decision = ContainmentDecision {
+            action: Action::KillProcess,
+            mode: previous.map_or(Mode::Enforce, |decision| decision.mode),
+            outcome,
+            decided_at: now,
+            severity: record.finding.severity,
+        };
+        info!(
+            finding_id, node = %node.name, pid, result = ?report.result,
+            "kill reported by the agent"
+        );
+        self.record_containment(record, std::slice::from_ref(&decision))
+            .await?;
+        Ok(true)
+    }
+
     /// Decides every event of a batch, one outcome each.
     ///
     /// An event that fails validation or processing gets its own outcome and
@@ -423,8 +488,10 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
             }
             let outcome = match self.process(node, read, now).await {
                 Ok(Decision::Finding(finding)) => {
-                    let outcome =
+                    let mut outcome =
                         Outcome::accepted(&read.event_id, Some(finding.finding_id.clone()));
+                    outcome.order = kill_order(&finding)
+                        .map(|(pid, start_time)| AgentOrder::Kill { pid, start_time });
                     findings.push(*finding);
                     outcome
                 }

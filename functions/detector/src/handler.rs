@@ -13,7 +13,8 @@ use tokenguard_core::contain::Responder;
 use tokenguard_core::correlate::CorrelationStore;
 use tokenguard_core::{BaselineStore, Engine, Notifier};
 use tokenguard_schema::{
-    BatchEnvelope, BatchResponse, OutcomeStatus, SCHEMA_VERSION, TokenRead, ValidationError,
+    ActionReport, BatchEnvelope, BatchResponse, OutcomeStatus, SCHEMA_VERSION, TokenRead,
+    ValidationError,
 };
 use tracing::{info, warn};
 
@@ -99,6 +100,31 @@ fn is_json(content_type: &str) -> bool {
         || (media_type.starts_with("application/") && media_type.ends_with("+json"))
 }
 
+/// Records the agent's reports of earlier orders on their findings. A report
+/// that does not parse or cannot be stored is logged and dropped: it never
+/// fails the batch, whose events matter more.
+async fn record_reports<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder>(
+    engine: &Engine<S, N, C, K>,
+    envelope: &BatchEnvelope,
+    now: DateTime<Utc>,
+) {
+    for (index, raw) in envelope.reports.iter().enumerate() {
+        let report: ActionReport = match serde_json::from_str(raw.get()) {
+            Ok(report) => report,
+            Err(error) => {
+                warn!(node = %envelope.node.name, index, %error, "invalid action report dropped");
+                continue;
+            }
+        };
+        if let Err(error) = engine.record_report(&envelope.node, &report, now).await {
+            warn!(
+                node = %envelope.node.name, finding_id = %report.finding_id, %error,
+                "action report not recorded"
+            );
+        }
+    }
+}
+
 /// Runs a batch body through the engine.
 ///
 /// A body that is not a batch gets 400, or 413 when it exceeds
@@ -148,6 +174,7 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier, C: CorrelationStore, K:
         .collect();
 
     let (outcomes, findings) = engine.process_batch(&envelope.node, &events, now).await;
+    record_reports(engine, &envelope, now).await;
 
     let count = |status| outcomes.iter().filter(|o| o.status == status).count();
     let failed = count(OutcomeStatus::Failed);

@@ -692,3 +692,81 @@ fn thresholds_parse() {
     policy.set_grace_period("g", "30s").unwrap();
     assert_eq!(policy.grace_period_seconds(), 30);
 }
+
+#[tokio::test]
+async fn kill_report_recorded() {
+    let engine = Engine::new(
+        MemoryStore::new(),
+        RecordingNotifier::default(),
+        Policy::from_settings("1h", "28d").unwrap(),
+    )
+    .with_containment(Containment::new(
+        enforce(NAMESPACE),
+        FakeApi::with_pod(),
+        MemoryRateLimiter::default(),
+    ));
+    let node = node();
+    engine
+        .process(&node, &sample_read("/usr/bin/python3", "python3"), at(0))
+        .await
+        .unwrap();
+    let mut curl = sample_read("/usr/bin/curl", "curl");
+    curl.observed_at = now();
+    let (outcomes, findings) = engine.process_batch(&node, &[Ok(curl)], now()).await;
+    assert_eq!(
+        outcomes[0].order,
+        Some(tokenguard_schema::AgentOrder::Kill {
+            pid: 4242,
+            start_time: 12345
+        })
+    );
+    let finding_id = findings[0].finding_id.clone();
+    let report = |pid: u32, result| tokenguard_schema::ActionReport {
+        finding_id: finding_id.clone(),
+        order: tokenguard_schema::AgentOrder::Kill {
+            pid,
+            start_time: 12345,
+        },
+        result,
+        detail: None,
+        at: now(),
+    };
+
+    // Reports that do not match the order change nothing.
+    let mut stranger = node.clone();
+    stranger.name = "node-b".to_owned();
+    let killed = report(4242, tokenguard_schema::ActionResult::Killed);
+    assert!(
+        !engine
+            .record_report(&stranger, &killed, now())
+            .await
+            .unwrap()
+    );
+    let other_pid = report(1, tokenguard_schema::ActionResult::Killed);
+    assert!(
+        !engine
+            .record_report(&node, &other_pid, now())
+            .await
+            .unwrap()
+    );
+
+    assert!(engine.record_report(&node, &killed, now()).await.unwrap());
+    let stored = engine
+        .store()
+        .get_finding(&finding_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let decision = latest_decision(&stored.finding, Action::KillProcess).unwrap();
+    assert_eq!(
+        decision.outcome,
+        ContainmentOutcome::Acted {
+            detail: format!(
+                "the agent sent SIGKILL to pid 4242 (start time 12345) at {}",
+                now()
+            )
+        }
+    );
+    // The order is settled: a second report is ignored.
+    assert!(!engine.record_report(&node, &killed, now()).await.unwrap());
+}
