@@ -9,6 +9,7 @@
 pub mod attributes;
 mod correlation;
 mod item;
+mod rate_limit;
 mod tables;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ use item::{Item, epoch_micros, expires_at, is_expired, n, rfc3339, s};
 
 pub use correlation::DynamoCorrelation;
 pub use item::{FINDING_RETENTION, value_sk};
+pub use rate_limit::DynamoRateLimiter;
 pub use tables::{create_correlation_table, create_tables};
 
 /// Condition under which an item counts as absent: it does not exist, its TTL
