@@ -1,6 +1,7 @@
 //! Settings of the detector, read once from the environment at start-up.
 
 use thiserror::Error;
+use tokenguard_core::contain::{ContainmentPolicy, ContainmentPolicyError, parse_count};
 use tokenguard_core::correlate::{CorrelationPolicy, EgressCidrs, EgressError};
 use tokenguard_core::{Policy, PolicyError, parse_duration};
 
@@ -22,6 +23,26 @@ pub const TOPIC_ARN_VAR: &str = "TOKENGUARD_TOPIC_ARN";
 pub const LEARNING_PERIOD_VAR: &str = "TOKENGUARD_LEARNING_PERIOD";
 /// How long a value is remembered without a sighting, such as `28d`.
 pub const FORGET_AFTER_VAR: &str = "TOKENGUARD_FORGET_AFTER";
+
+/// Containment mode per namespace: `NAMESPACE=MODE,...`, `*` for the rest.
+pub const CONTAINMENT_MODES_VAR: &str = "TOKENGUARD_CONTAINMENT_MODES";
+/// Lowest severity per action: `kill=medium,quarantine=high,delete=critical`.
+pub const CONTAINMENT_ACTIONS_VAR: &str = "TOKENGUARD_CONTAINMENT_ACTIONS";
+/// Namespaces never contained, besides `kube-system` and tokenguard's own.
+pub const PROTECTED_NAMESPACES_VAR: &str = "TOKENGUARD_PROTECTED_NAMESPACES";
+/// The namespace tokenguard's agent runs in, which is never contained.
+pub const NAMESPACE_VAR: &str = "TOKENGUARD_NAMESPACE";
+/// Containment actions per cluster and hour.
+pub const CONTAINMENT_RATE_LIMIT_VAR: &str = "TOKENGUARD_CONTAINMENT_RATE_LIMIT";
+/// `gracePeriodSeconds` of a pod deletion, as a duration such as `5s`.
+pub const DELETE_GRACE_PERIOD_VAR: &str = "TOKENGUARD_DELETE_GRACE_PERIOD";
+/// Ready pods a controller keeps when one of its pods is contained.
+pub const MIN_HEALTHY_REPLICAS_VAR: &str = "TOKENGUARD_MIN_HEALTHY_REPLICAS";
+/// `true` to contain DaemonSet, static and mirror pods too.
+pub const CONTAIN_NODE_PODS_VAR: &str = "TOKENGUARD_CONTAIN_NODE_PODS";
+/// Fixed Kubernetes API endpoints, `NAME=URL|CA_FILE,...`, in place of EKS
+/// `DescribeCluster`: for tests and for clusters reached another way.
+pub const KUBERNETES_ENDPOINTS_VAR: &str = "TOKENGUARD_KUBERNETES_ENDPOINTS";
 
 /// Tracing filter of the function's logs, such as `info` or
 /// `tokenguard_core=debug`. `main` reads it and uses `info` when it is unset
@@ -45,6 +66,15 @@ pub const ENV_VARS: &[&str] = &[
     CORRELATION_WINDOW_VAR,
     EGRESS_CIDRS_VAR,
     CLUSTERS_VAR,
+    CONTAINMENT_MODES_VAR,
+    CONTAINMENT_ACTIONS_VAR,
+    PROTECTED_NAMESPACES_VAR,
+    NAMESPACE_VAR,
+    CONTAINMENT_RATE_LIMIT_VAR,
+    DELETE_GRACE_PERIOD_VAR,
+    MIN_HEALTHY_REPLICAS_VAR,
+    CONTAIN_NODE_PODS_VAR,
+    KUBERNETES_ENDPOINTS_VAR,
     LOG_FILTER_VAR,
 ];
 
@@ -66,6 +96,18 @@ pub struct Config {
     pub correlation: CorrelationPolicy,
     /// The EKS clusters this deployment watches; empty when unset.
     pub clusters: Vec<String>,
+    pub containment: ContainmentPolicy,
+    /// Fixed API endpoints by cluster: the URL and the path of its CA
+    /// bundle. Empty means EKS `DescribeCluster`.
+    pub kubernetes_endpoints: Vec<KubernetesEndpoint>,
+}
+
+/// A Kubernetes API endpoint given in [`KUBERNETES_ENDPOINTS_VAR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesEndpoint {
+    pub cluster: String,
+    pub url: String,
+    pub ca_file: String,
 }
 
 /// A missing or unusable setting.
@@ -116,6 +158,15 @@ pub enum ConfigError {
          letters, digits, '-' and '_', starting with a letter or digit, separated by commas"
     )]
     ClusterName { value: String },
+    /// A containment setting does not parse.
+    #[error(transparent)]
+    Containment(#[from] ContainmentPolicyError),
+    /// A fixed endpoint entry does not parse.
+    #[error(
+        "invalid {KUBERNETES_ENDPOINTS_VAR} entry {value:?}: expected NAME=https://HOST[:PORT]|CA_FILE, \
+         such as prod=https://10.0.0.1:6443|/etc/tokenguard/prod-ca.pem"
+    )]
+    KubernetesEndpoint { value: String },
 }
 
 impl Config {
@@ -172,6 +223,9 @@ impl Config {
             clusters: clusters.clone(),
             ..policy
         };
+        let containment = containment_policy(&get)?;
+        let kubernetes_endpoints =
+            parse_endpoints(&get(KUBERNETES_ENDPOINTS_VAR).unwrap_or_default())?;
         Ok(Config {
             baseline_table,
             findings_table,
@@ -184,8 +238,86 @@ impl Config {
                 ..CorrelationPolicy::default()
             },
             clusters,
+            containment,
+            kubernetes_endpoints,
         })
     }
+}
+
+/// Reads the containment settings; every one is optional.
+fn containment_policy(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<ContainmentPolicy, ConfigError> {
+    let own_namespace = get(NAMESPACE_VAR).unwrap_or_else(|| "tokenguard".to_owned());
+    let mut policy = ContainmentPolicy::new(own_namespace.trim());
+    policy.modes = ContainmentPolicy::parse_modes(
+        CONTAINMENT_MODES_VAR,
+        &get(CONTAINMENT_MODES_VAR).unwrap_or_default(),
+    )?;
+    if let Some(actions) = get(CONTAINMENT_ACTIONS_VAR) {
+        policy.parse_min_severity(CONTAINMENT_ACTIONS_VAR, &actions)?;
+    }
+    if let Some(protected) = get(PROTECTED_NAMESPACES_VAR) {
+        policy.protect(PROTECTED_NAMESPACES_VAR, &protected)?;
+    }
+    if let Some(limit) = get(CONTAINMENT_RATE_LIMIT_VAR) {
+        policy.max_actions_per_hour = parse_count(
+            CONTAINMENT_RATE_LIMIT_VAR,
+            &limit,
+            1..=10_000,
+            "expected a whole number of actions per cluster and hour from 1 to 10000",
+        )?;
+    }
+    if let Some(grace) = get(DELETE_GRACE_PERIOD_VAR) {
+        policy.set_grace_period(DELETE_GRACE_PERIOD_VAR, &grace)?;
+    }
+    if let Some(minimum) = get(MIN_HEALTHY_REPLICAS_VAR) {
+        policy.min_healthy_replicas = parse_count(
+            MIN_HEALTHY_REPLICAS_VAR,
+            &minimum,
+            0..=1000,
+            "expected a whole number of ready pods from 0 to 1000",
+        )?;
+    }
+    if let Some(node_pods) = get(CONTAIN_NODE_PODS_VAR) {
+        policy.contain_node_pods = match node_pods.trim() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(ContainmentPolicyError::Value {
+                    setting: CONTAIN_NODE_PODS_VAR.to_owned(),
+                    value: node_pods,
+                    expected: "expected true or false",
+                }
+                .into());
+            }
+        };
+    }
+    Ok(policy)
+}
+
+/// Splits `NAME=URL|CA_FILE,...`.
+fn parse_endpoints(text: &str) -> Result<Vec<KubernetesEndpoint>, ConfigError> {
+    let mut endpoints = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let invalid = || ConfigError::KubernetesEndpoint {
+            value: entry.to_owned(),
+        };
+        let (cluster, rest) = entry.split_once('=').ok_or_else(invalid)?;
+        let (url, ca_file) = rest.split_once('|').ok_or_else(invalid)?;
+        if parse_clusters(cluster).map(|c| c.len()) != Ok(1)
+            || !url.starts_with("https://")
+            || ca_file.trim().is_empty()
+        {
+            return Err(invalid());
+        }
+        endpoints.push(KubernetesEndpoint {
+            cluster: cluster.trim().to_owned(),
+            url: url.trim().to_owned(),
+            ca_file: ca_file.trim().to_owned(),
+        });
+    }
+    Ok(endpoints)
 }
 
 /// Splits a comma-separated list of EKS cluster names.
@@ -247,6 +379,9 @@ mod tests {
     use std::collections::HashMap;
     use std::time::Duration;
 
+    use tokenguard_core::Severity;
+    use tokenguard_core::contain::{Action, Mode};
+
     use super::*;
 
     const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:tokenguard-alerts";
@@ -295,6 +430,97 @@ mod tests {
                 .contains("prod", "198.51.100.7".parse().unwrap())
         );
         assert_eq!(config.clusters, vec!["prod", "staging"]);
+    }
+
+    #[test]
+    fn containment_settings_read() {
+        let defaults = config(&required()).unwrap().containment;
+        assert!(defaults.is_off(), "containment is off unless set");
+        assert!(defaults.protected_namespaces.contains("kube-system"));
+        assert!(defaults.protected_namespaces.contains("tokenguard"));
+
+        let mut vars = required();
+        vars.push((CONTAINMENT_MODES_VAR, "payments=enforce,*=dry-run"));
+        vars.push((CONTAINMENT_ACTIONS_VAR, "kill=high,delete=never"));
+        vars.push((PROTECTED_NAMESPACES_VAR, "istio-system, monitoring"));
+        vars.push((NAMESPACE_VAR, "security"));
+        vars.push((CONTAINMENT_RATE_LIMIT_VAR, "3"));
+        vars.push((DELETE_GRACE_PERIOD_VAR, "30s"));
+        vars.push((MIN_HEALTHY_REPLICAS_VAR, "2"));
+        vars.push((CONTAIN_NODE_PODS_VAR, "true"));
+        vars.push((
+            KUBERNETES_ENDPOINTS_VAR,
+            "prod=https://127.0.0.1:6443|/tmp/ca.pem",
+        ));
+        let config = config(&vars).unwrap();
+        let policy = &config.containment;
+        assert_eq!(policy.modes.mode("payments"), Mode::Enforce);
+        assert_eq!(policy.modes.mode("web"), Mode::DryRun);
+        assert_eq!(
+            policy.min_severity.get(&Action::KillProcess),
+            Some(&Severity::High)
+        );
+        assert_eq!(policy.min_severity.get(&Action::DeletePod), None);
+        for namespace in ["kube-system", "security", "istio-system", "monitoring"] {
+            assert!(
+                policy.protected_namespaces.contains(namespace),
+                "{namespace}"
+            );
+        }
+        assert!(!policy.protected_namespaces.contains("tokenguard"));
+        assert_eq!(policy.max_actions_per_hour, 3);
+        assert_eq!(policy.grace_period_seconds(), 30);
+        assert_eq!(policy.min_healthy_replicas, 2);
+        assert!(policy.contain_node_pods);
+        assert_eq!(
+            config.kubernetes_endpoints,
+            vec![KubernetesEndpoint {
+                cluster: "prod".to_owned(),
+                url: "https://127.0.0.1:6443".to_owned(),
+                ca_file: "/tmp/ca.pem".to_owned(),
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_containment_settings_named() {
+        for (name, value, start) in [
+            (
+                CONTAINMENT_MODES_VAR,
+                "payments=yes",
+                "invalid TOKENGUARD_CONTAINMENT_MODES entry \"payments=yes\"",
+            ),
+            (
+                CONTAINMENT_ACTIONS_VAR,
+                "kill=urgent",
+                "invalid TOKENGUARD_CONTAINMENT_ACTIONS entry \"kill=urgent\"",
+            ),
+            (
+                CONTAINMENT_RATE_LIMIT_VAR,
+                "0",
+                "invalid TOKENGUARD_CONTAINMENT_RATE_LIMIT \"0\"",
+            ),
+            (
+                DELETE_GRACE_PERIOD_VAR,
+                "soon",
+                "invalid TOKENGUARD_DELETE_GRACE_PERIOD \"soon\"",
+            ),
+            (
+                CONTAIN_NODE_PODS_VAR,
+                "yes",
+                "invalid TOKENGUARD_CONTAIN_NODE_PODS \"yes\": expected true or false",
+            ),
+            (
+                KUBERNETES_ENDPOINTS_VAR,
+                "prod=http://10.0.0.1|/ca.pem",
+                "invalid TOKENGUARD_KUBERNETES_ENDPOINTS entry \"prod=http://10.0.0.1|/ca.pem\"",
+            ),
+        ] {
+            let mut vars = required();
+            vars.push((name, value));
+            let message = config(&vars).unwrap_err().to_string();
+            assert!(message.starts_with(start), "{name}={value}: {message}");
+        }
     }
 
     #[test]
