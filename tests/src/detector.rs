@@ -106,6 +106,9 @@ pub struct StackOptions {
     pub egress_cidrs: String,
     /// Whether to run the CloudTrail function too.
     pub cloudtrail: bool,
+    /// More variables for both functions, such as
+    /// `TOKENGUARD_CONTAINMENT_MODES`; they override the ones set here.
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 /// The detector served on a Function URL on 127.0.0.1, backed by a moto
@@ -190,6 +193,10 @@ impl DetectorStack {
             ("TOKENGUARD_CLUSTERS", options.clusters.join(",")),
             ("RUST_LOG", "info".to_owned()),
         ]);
+        for (name, value) in &options.extra_env {
+            env.retain(|(known, _)| known != name);
+            env.push((*name, value.clone()));
+        }
         let cloudtrail_env = env.clone();
         let emulator = tokio::task::spawn_blocking(move || {
             LambdaEmulator::start(FUNCTION, FUNCTION, &env, CONCURRENCY)
