@@ -40,6 +40,7 @@ async fn stack() -> &'static DetectorStack {
                 clusters: vec![PROD.to_owned(), STAGING.to_owned()],
                 egress_cidrs: "198.51.100.0/24".to_owned(),
                 cloudtrail: true,
+                ..StackOptions::default()
             })
             .await
             .expect("the detector and CloudTrail stack starts")
