@@ -4,9 +4,10 @@ Usage: render_chart.py CHART_DIR OUTPUT_DIR VERSION...
 
 Helm runs as a library (helm-python-sdk ships libhelm_c, Helm's Go SDK behind
 a C ABI), so no helm binary and no cluster is needed. The chart is linted
-strictly, rendered with example values and with embedded mode, and every
-manifest is validated with kubernetes-validate's strict schemas, which reject
-unknown fields.
+strictly, rendered with example values, with embedded mode and with
+containment RBAC, and every manifest is validated with kubernetes-validate's
+strict schemas, which reject unknown fields. The containment Roles must have
+exactly the rules below, so that a change to them shows up here.
 """
 
 import sys
@@ -22,9 +23,56 @@ REQUIRED_VALUES = {
     "detectorUrl": "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/",
     "awsRegion": "eu-west-1",
 }
+BASE_KINDS = ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
+CONTAINMENT = {"enabled": True, "namespaces": ["payments", "web"], "dryRunNamespaces": ["staging"]}
+# Each case: values and the kinds it must render, sorted.
 CASES = {
-    "detector": REQUIRED_VALUES,
-    "embedded": {**REQUIRED_VALUES, "embedded": {"enabled": True}},
+    "detector": (REQUIRED_VALUES, BASE_KINDS),
+    "embedded": ({**REQUIRED_VALUES, "embedded": {"enabled": True}}, BASE_KINDS),
+    "containment": (
+        {**REQUIRED_VALUES, "containment": CONTAINMENT},
+        sorted(BASE_KINDS + ["Role"] * 3 + ["RoleBinding"] * 3),
+    ),
+}
+
+# The group the stack's EKS access entries put the functions' roles in.
+CONTAINMENT_GROUP = "tokenguard-containment"
+# The calls containment makes in an enforce namespace, and no more.
+ENFORCE_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch", "delete"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets", "deployments", "statefulsets"], "verbs": ["get"]},
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "resourceNames": ["tokenguard-quarantine"],
+        "verbs": ["get"],
+    },
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create"]},
+]
+# A dry run only reads the pod and its controller.
+DRY_RUN_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets", "deployments", "statefulsets"], "verbs": ["get"]},
+]
+
+# Values the chart must reject, and a word the error must contain.
+REJECTED = {
+    "containment in kube-system": (
+        {**REQUIRED_VALUES, "containment": {"enabled": True, "namespaces": ["kube-system"]}},
+        "kube-system",
+    ),
+    "containment without namespaces": (
+        {**REQUIRED_VALUES, "containment": {"enabled": True}},
+        "containment.namespaces",
+    ),
+    "namespace in both lists": (
+        {**REQUIRED_VALUES, "containment": {"enabled": True, "namespaces": ["web"], "dryRunNamespaces": ["web"]}},
+        "web",
+    ),
+    "invalid namespace name": (
+        {**REQUIRED_VALUES, "containment": {"enabled": True, "namespaces": ["Web_1"]}},
+        "Web_1",
+    ),
 }
 
 
@@ -46,6 +94,45 @@ def check_missing_values(chart: helm.Chart) -> list[str]:
     return ["rendering without clusterName succeeded; expected an error naming it"]
 
 
+def check_rejected(chart: helm.Chart) -> list[str]:
+    """Return a problem for each value set in REJECTED that renders, or fails without naming its cause."""
+    problems = []
+    for case, (values, word) in REJECTED.items():
+        try:
+            chart.render(values, name="tokenguard", namespace="kube-system", is_install=True)
+        except helm.HelmError as error:
+            if word not in str(error):
+                problems.append(f"{case}: rendering failed without naming {word}: {error}")
+            continue
+        problems.append(f"{case}: rendering succeeded; expected an error naming {word}")
+    return problems
+
+
+def check_containment(documents: list[dict]) -> list[str]:
+    """Return problems with the containment Roles and RoleBindings of the containment case."""
+    problems = []
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in documents if d["kind"] == "Role"}
+    bindings = [d for d in documents if d["kind"] == "RoleBinding"]
+    expected_rules = {namespace: ENFORCE_RULES for namespace in CONTAINMENT["namespaces"]}
+    expected_rules |= {namespace: DRY_RUN_RULES for namespace in CONTAINMENT["dryRunNamespaces"]}
+    for (namespace, name), role in roles.items():
+        if role["rules"] != expected_rules.get(namespace):
+            problems.append(f"containment: Role {namespace}/{name} has rules {role['rules']}, "
+                            f"expected {expected_rules.get(namespace)}")
+    if sorted(namespace for namespace, _ in roles) != sorted(expected_rules):
+        problems.append(f"containment: Roles in {sorted(n for n, _ in roles)}, expected {sorted(expected_rules)}")
+    for binding in bindings:
+        namespace, name = binding["metadata"]["namespace"], binding["metadata"]["name"]
+        subjects = [(s["kind"], s["name"]) for s in binding["subjects"]]
+        if subjects != [("Group", CONTAINMENT_GROUP)]:
+            problems.append(f"containment: RoleBinding {namespace}/{name} binds {subjects}, "
+                            f"expected the group {CONTAINMENT_GROUP} only")
+        if (namespace, binding["roleRef"]["name"]) not in roles or binding["roleRef"]["kind"] != "Role":
+            problems.append(f"containment: RoleBinding {namespace}/{name} refers to {binding['roleRef']}, "
+                            "which is not a Role in its namespace")
+    return problems
+
+
 def render(chart: helm.Chart, values: dict) -> list[dict]:
     """Render the chart and return its documents."""
     manifests = chart.render(values, name="tokenguard", namespace="kube-system", is_install=True)
@@ -59,14 +146,15 @@ def main() -> int:
     chart_dir, output_dir, versions = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     output_dir.mkdir(parents=True, exist_ok=True)
     chart = helm.Chart.load(chart_dir)
-    problems = lint(chart_dir) + check_missing_values(chart)
+    problems = lint(chart_dir) + check_missing_values(chart) + check_rejected(chart)
 
-    for case, values in CASES.items():
+    for case, (values, expected) in CASES.items():
         documents = render(chart, values)
         kinds = sorted(doc["kind"] for doc in documents)
-        expected = ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
         if kinds != expected:
             problems.append(f"{case}: rendered kinds {kinds}, expected {expected}")
+        if case == "containment":
+            problems.extend(check_containment(documents))
         (output_dir / f"{case}.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
         for version in versions:
             for doc in documents:
