@@ -3,7 +3,9 @@
 //! moto, and real-format fixtures.
 
 pub mod detector;
+pub mod eks_token;
 pub mod fixtures;
 pub mod kube_api;
+pub mod kube_tls;
 pub mod lambda;
 pub mod moto;

@@ -1,0 +1,21 @@
+//! Kubernetes API access for containment on EKS.
+//!
+//! [`EksClusters`] implements [`tokenguard_core::contain::ClusterApi`]: it
+//! finds each cluster's API endpoint and CA with EKS `DescribeCluster` (or a
+//! fixed list), trusts only that CA, and authenticates with the bearer token
+//! `aws eks get-token` would make from the function's IAM credentials. The
+//! cluster must map that IAM role to a Kubernetes user allowed to get pods,
+//! ReplicaSets, Deployments and StatefulSets, to delete and patch pods, and
+//! to create NetworkPolicies.
+
+mod api;
+mod clusters;
+mod endpoint;
+mod error;
+pub mod token;
+
+pub use api::{MIRROR_ANNOTATION, api_error, pod_state, quarantine_policy};
+pub use clusters::EksClusters;
+pub use endpoint::{ClusterEndpoint, ClusterSource};
+pub use error::SetupError;
+pub use token::{EksToken, EksTokens, TokenError, presign_token};
