@@ -15,6 +15,7 @@ pub mod classify;
 pub mod cli;
 pub mod ebpf;
 pub mod kernel;
+pub mod kill;
 pub mod metrics;
 pub mod pipeline;
 pub mod pods;

@@ -37,6 +37,8 @@ pub struct Stat {
     pub pid: u32,
     /// Command name, without the surrounding parentheses.
     pub comm: String,
+    /// Field 3: `R` running, `S` sleeping, `Z` zombie, `X` dead, and so on.
+    pub state: char,
     pub ppid: u32,
     /// Field 22: start time in clock ticks since boot.
     pub start_time: u64,
@@ -64,6 +66,9 @@ pub fn parse_stat(contents: &str) -> Result<Stat, &'static str> {
     // Fields from 3 (state) on follow the command name.
     let rest: Vec<&str> = contents[close + 1..].split_ascii_whitespace().collect();
     let field = |number: usize| rest.get(number - 3).copied();
+    let state = field(3)
+        .and_then(|v| v.chars().next())
+        .ok_or("field 3 (state) is missing")?;
     let ppid = field(4)
         .and_then(|v| v.parse().ok())
         .ok_or("field 4 (ppid) is missing or not a number")?;
@@ -73,6 +78,7 @@ pub fn parse_stat(contents: &str) -> Result<Stat, &'static str> {
     Ok(Stat {
         pid,
         comm,
+        state,
         ppid,
         start_time,
     })
@@ -248,6 +254,7 @@ mod tests {
         let stat = parse_stat(PYTHON).unwrap();
         assert_eq!(stat.pid, 48211);
         assert_eq!(stat.comm, "python3");
+        assert_eq!(stat.state, 'S');
         assert_eq!(stat.ppid, 48190);
         assert_eq!(stat.start_time, 1834211);
     }
@@ -256,6 +263,7 @@ mod tests {
     fn stat_comm_with_spaces_and_parens() {
         let stat = parse_stat(ODD_COMM).unwrap();
         assert_eq!(stat.comm, "my (evil) app");
+        assert_eq!(stat.state, 'R');
         assert_eq!(stat.ppid, 1);
         assert_eq!(stat.start_time, 99);
 
