@@ -11,6 +11,7 @@ use tokenguard_core::{Policy, parse_duration};
 
 use crate::cgroup::{DEFAULT_CGROUP_ROOT, find_cgroup2_mount};
 use crate::classify::DEFAULT_KUBELET_ROOT;
+use crate::kill::KillOrders;
 use crate::pods::KubeAccess;
 use crate::procfs::DEFAULT_PROC_ROOT;
 use crate::record::{MAX_NAME_LEN, is_valid_name};
@@ -90,6 +91,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
 
+    /// Handling of the detector's orders to kill a process that read a token (HTTP sink only).
+    /// `follow` sends SIGKILL if the process is still the one named, and `ignore` kills nothing
+    /// and reports each order as disabled.
+    #[arg(long, value_enum, default_value_t = KillOrders::Follow, value_name = "MODE")]
+    pub kill_orders: KillOrders,
+
     /// Read open records from FILE (one JSON object per line) instead of the kernel, for
     /// debugging and tests.
     #[arg(long, value_name = "FILE")]
@@ -140,6 +147,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Kernel hook reported in each batch's `node.hook`.
     pub hook: Option<String>,
+    /// Handling of the detector's kill orders in the HTTP sink.
+    pub kill_orders: KillOrders,
 }
 
 impl Config {
@@ -157,6 +166,7 @@ impl Config {
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
             hook: None,
+            kill_orders: KillOrders::Follow,
         }
     }
 }
@@ -247,6 +257,7 @@ impl Cli {
             proc_root: self.host_proc,
             cgroup_root: self.cgroup_root.unwrap_or_else(detect_cgroup_root),
             hook: None,
+            kill_orders: self.kill_orders,
         })
     }
 }
@@ -401,6 +412,25 @@ mod tests {
     fn forget_before_learning_rejected() {
         let error = parse(&["--learning-period", "7d", "--forget-after", "1d"]).unwrap_err();
         assert!(error.contains("pass a longer --forget-after"), "{error}");
+    }
+
+    #[test]
+    fn kill_orders_followed_by_default() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.kill_orders, KillOrders::Follow);
+    }
+
+    #[test]
+    fn kill_orders_ignored_on_request() {
+        let config = parse(&["--kill-orders", "ignore"]).unwrap();
+        assert_eq!(config.kill_orders, KillOrders::Ignore);
+    }
+
+    #[test]
+    fn kill_orders_unknown_mode_rejected() {
+        let error = parse(&["--kill-orders", "maybe"]).unwrap_err();
+        assert!(error.contains("invalid value 'maybe'"), "{error}");
+        assert!(error.contains("follow, ignore"), "{error}");
     }
 
     #[test]

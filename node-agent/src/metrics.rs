@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
+use tokenguard_schema::ActionResult;
 use tracing::info;
+
+use crate::kill::result_name;
 
 /// A callback that returns the current value of a counter kept elsewhere,
 /// such as the kernel program's count of events lost to a full ring buffer.
@@ -23,6 +26,16 @@ pub enum MetricsError {
         source: std::io::Error,
     },
 }
+
+/// Every result of a kill order, in the order `tokenguard_orders_total`
+/// lists them.
+const ORDER_RESULTS: [ActionResult; 5] = [
+    ActionResult::Killed,
+    ActionResult::Exited,
+    ActionResult::PidReused,
+    ActionResult::Disabled,
+    ActionResult::Failed,
+];
 
 /// Counters shared by the pipeline and the sinks. All are totals since start.
 #[derive(Default)]
@@ -51,6 +64,13 @@ pub struct Metrics {
     pub findings: AtomicU64,
     /// Events the embedded engine could not process.
     pub engine_errors: AtomicU64,
+    /// Action reports the detector received.
+    pub reports_sent: AtomicU64,
+    /// Action reports dropped: past the queue's cap, or with a batch that
+    /// could not be delivered.
+    pub reports_dropped: AtomicU64,
+    /// Kill orders from the detector, by result.
+    orders: [AtomicU64; ORDER_RESULTS.len()],
     kernel_lost: RwLock<Option<CounterSource>>,
     kernel_repeats: RwLock<Option<CounterSource>>,
 }
@@ -72,6 +92,27 @@ impl Metrics {
     /// Reads `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts one kill order with `result`.
+    pub fn count_order(&self, result: ActionResult) {
+        Self::add(self.order_counter(result), 1);
+    }
+
+    /// Kill orders counted with `result`.
+    pub fn orders(&self, result: ActionResult) -> u64 {
+        Self::get(self.order_counter(result))
+    }
+
+    fn order_counter(&self, result: ActionResult) -> &AtomicU64 {
+        let index = match result {
+            ActionResult::Killed => 0,
+            ActionResult::Exited => 1,
+            ActionResult::PidReused => 2,
+            ActionResult::Disabled => 3,
+            ActionResult::Failed => 4,
+        };
+        &self.orders[index]
     }
 
     /// Sets where the count of events lost in the kernel comes from; it is
@@ -101,7 +142,7 @@ impl Metrics {
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "tokenguard_opens_seen_total",
                 "Token open records received from the event source.",
@@ -173,12 +214,34 @@ impl Metrics {
                  process and file.",
                 self.kernel_repeats(),
             ),
+            (
+                "tokenguard_action_reports_sent_total",
+                "Reports of kill orders the detector received.",
+                Self::get(&self.reports_sent),
+            ),
+            (
+                "tokenguard_action_reports_dropped_total",
+                "Reports of kill orders dropped past the queue's cap or with an undeliverable \
+                 batch.",
+                Self::get(&self.reports_dropped),
+            ),
         ];
         let mut text = String::new();
         for (name, help, value) in counters {
             let _ = writeln!(text, "# HELP {name} {help}");
             let _ = writeln!(text, "# TYPE {name} counter");
             let _ = writeln!(text, "{name} {value}");
+        }
+        let name = "tokenguard_orders_total";
+        let _ = writeln!(
+            text,
+            "# HELP {name} Kill orders from the detector, by result."
+        );
+        let _ = writeln!(text, "# TYPE {name} counter");
+        for result in ORDER_RESULTS {
+            let label = result_name(result);
+            let value = self.orders(result);
+            let _ = writeln!(text, "{name}{{result=\"{label}\"}} {value}");
         }
         text
     }
@@ -237,6 +300,32 @@ mod tests {
         );
         assert!(text.contains("tokenguard_kernel_events_lost_total 7\n"));
         assert!(text.contains("tokenguard_kernel_repeats_total 41\n"));
+    }
+
+    #[test]
+    fn orders_rendered_by_result() {
+        let metrics = Metrics::default();
+        // A different count per result, so a result counted on another's
+        // line shows.
+        for (index, result) in ORDER_RESULTS.into_iter().enumerate() {
+            for _ in 0..=index {
+                metrics.count_order(result);
+            }
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE tokenguard_orders_total counter\n"),
+            "{text}"
+        );
+        for (index, result) in ORDER_RESULTS.into_iter().enumerate() {
+            assert_eq!(metrics.orders(result), index as u64 + 1, "{result:?}");
+            let line = format!(
+                "tokenguard_orders_total{{result=\"{}\"}} {}\n",
+                result_name(result),
+                index + 1
+            );
+            assert!(text.contains(&line), "{line} missing from {text}");
+        }
     }
 
     #[tokio::test]

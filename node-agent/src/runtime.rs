@@ -141,7 +141,7 @@ impl Agent {
         info!(
             cluster = %context.cluster, node = %context.node_name, boot_id = %context.boot_id,
             sink = sink_name(&config.output), kube = config.kube.is_some(),
-            "agent started"
+            kill_orders = %config.kill_orders, "agent started"
         );
 
         let mut events = std::pin::pin!(
@@ -202,6 +202,8 @@ impl Agent {
                 };
                 let mut settings =
                     HttpSinkConfig::new(url.clone(), region.clone(), context.node(), credentials);
+                settings.kill_orders = self.config.kill_orders;
+                settings.proc_root = self.config.proc_root.clone();
                 if let Some(tune) = tune_http {
                     tune(&mut settings);
                 }

@@ -3,8 +3,10 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -14,11 +16,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use sha2::{Digest, Sha256};
 use tokenguard_agent::Metrics;
+use tokenguard_agent::kill::KillOrders;
+use tokenguard_agent::procfs::ProcFs;
 use tokenguard_agent::sink::{HttpSink, HttpSinkConfig};
 use tokenguard_core::conformance::sample_read;
 use tokenguard_schema::{
-    Batch, BatchResponse, MAX_ARGS_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Node, Outcome,
-    OutcomeStatus, SCHEMA_VERSION, TokenRead,
+    ActionResult, AgentOrder, Batch, BatchResponse, MAX_ARGS_BYTES, MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS, Node, Outcome, OutcomeStatus, SCHEMA_VERSION, TokenRead,
 };
 
 /// The server's response to one request.
@@ -30,6 +34,11 @@ enum Answer {
         failed_exes: Vec<String>,
     },
     Status(u16, &'static str),
+    /// 200 with every event accepted with finding `tg-<index>` and an order
+    /// to kill `target`, or the event's reader when `None`.
+    Kill {
+        target: Option<(u32, u64)>,
+    },
 }
 
 fn accept() -> Answer {
@@ -106,6 +115,27 @@ async fn detector(
                     } else {
                         Outcome::accepted(&event.event_id, None)
                     }
+                })
+                .collect();
+            let response = BatchResponse {
+                schema: 1,
+                outcomes,
+            };
+            axum::Json(response).into_response()
+        }
+        Answer::Kill { target } => {
+            let batch: Batch = serde_json::from_slice(&body).unwrap();
+            let outcomes = batch
+                .events
+                .iter()
+                .enumerate()
+                .map(|(index, event)| {
+                    let (pid, start_time) =
+                        target.unwrap_or((event.process.pid, event.process.start_time));
+                    let mut outcome =
+                        Outcome::accepted(&event.event_id, Some(format!("tg-{index}")));
+                    outcome.order = Some(AgentOrder::Kill { pid, start_time });
+                    outcome
                 })
                 .collect();
             let response = BatchResponse {
@@ -537,4 +567,255 @@ async fn payload_too_large_single_event_dropped() {
     assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 1);
     assert_eq!(Metrics::get(&metrics.events_posted), 1);
     assert_eq!(Metrics::get(&metrics.post_failures), 0);
+}
+
+/// A `sleep` child for kill orders, killed when dropped if still running.
+struct Sleeper {
+    child: Child,
+    pid: u32,
+    start_time: u64,
+}
+
+impl Sleeper {
+    fn start() -> Sleeper {
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let start_time = ProcFs::default().stat(pid).unwrap().start_time;
+        Sleeper {
+            child,
+            pid,
+            start_time,
+        }
+    }
+
+    /// Builds a read of the token by this process.
+    fn read(&self, id: u32) -> TokenRead {
+        let mut read = read(id, "/usr/bin/sleep");
+        read.process.pid = self.pid;
+        read.process.start_time = self.start_time;
+        read
+    }
+
+    /// Waits up to 10 seconds for the process to exit.
+    async fn exit_status(&mut self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn kill_order_carried_out_and_reported() {
+    let mut sleeper = Sleeper::start();
+    let (addr, recorder) = start_detector(vec![Answer::Kill { target: None }]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(sleeper.read(1));
+
+    let status = sleeper.exit_status().await;
+    assert_eq!(
+        status.and_then(|status| status.signal()),
+        Some(libc::SIGKILL),
+        "exit of the ordered process: {status:?}"
+    );
+    // The report goes alone, since no event is waiting.
+    wait_for_requests(&recorder, 2).await;
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2);
+    let follow_up = requests[1].batch();
+    assert!(follow_up.events.is_empty(), "{:?}", follow_up.events);
+    assert_eq!(follow_up.reports.len(), 1);
+    let report = &follow_up.reports[0];
+    assert_eq!(report.finding_id, "tg-0");
+    assert_eq!(
+        report.order,
+        AgentOrder::Kill {
+            pid: sleeper.pid,
+            start_time: sleeper.start_time
+        }
+    );
+    assert_eq!(report.result, ActionResult::Killed);
+    assert_eq!(report.detail, None);
+    assert_eq!(metrics.orders(ActionResult::Killed), 1);
+    assert_eq!(Metrics::get(&metrics.reports_sent), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 1);
+}
+
+#[tokio::test]
+async fn ignored_kill_order_reported_disabled() {
+    let mut sleeper = Sleeper::start();
+    let (addr, recorder) = start_detector(vec![Answer::Kill { target: None }]).await;
+    let (sink, metrics) = sink(addr, |config| config.kill_orders = KillOrders::Ignore);
+    sink.submit(sleeper.read(1));
+    wait_for_requests(&recorder, 2).await;
+    sink.close().await;
+
+    assert!(sleeper.is_running(), "an ignored order killed the process");
+    let reports = recorder.requests()[1].batch().reports;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].result, ActionResult::Disabled);
+    let detail = reports[0].detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("--kill-orders ignore"), "{detail}");
+    assert_eq!(metrics.orders(ActionResult::Disabled), 1);
+    assert_eq!(metrics.orders(ActionResult::Killed), 0);
+}
+
+#[tokio::test]
+async fn order_for_other_process_rejected() {
+    let mut sleeper = Sleeper::start();
+    let target = Some((sleeper.pid, sleeper.start_time));
+    let (addr, recorder) = start_detector(vec![Answer::Kill { target }]).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    // The event's reader is another process than the order's target.
+    sink.submit(read(1, "/usr/bin/python3"));
+    wait_for_requests(&recorder, 2).await;
+    sink.close().await;
+
+    assert!(sleeper.is_running(), "a process no event named was killed");
+    let reports = recorder.requests()[1].batch().reports;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].result, ActionResult::Failed);
+    let detail = reports[0].detail.as_deref().unwrap_or_default();
+    assert!(detail.starts_with("kill order for pid"), "{detail}");
+    assert_eq!(metrics.orders(ActionResult::Failed), 1);
+}
+
+#[tokio::test]
+async fn report_rides_with_next_events() {
+    let mut sleeper = Sleeper::start();
+    let (addr, recorder) = start_detector(vec![Answer::Kill { target: None }]).await;
+    let (sink, _metrics) = sink(addr, |config| config.report_wait = Duration::from_secs(30));
+    sink.submit(sleeper.read(1));
+    let status = sleeper.exit_status().await;
+    assert!(status.is_some(), "the ordered process still runs");
+    sink.submit(read(2, "/bin/sh"));
+    wait_for_requests(&recorder, 2).await;
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 2, "the report must not go alone");
+    let batch = requests[1].batch();
+    assert_eq!(batch.events.len(), 1);
+    assert_eq!(batch.events[0].process.exe, "/bin/sh");
+    assert_eq!(batch.reports.len(), 1);
+    assert_eq!(batch.reports[0].result, ActionResult::Killed);
+}
+
+#[tokio::test]
+async fn report_retried_with_batch() {
+    let mut sleeper = Sleeper::start();
+    let script = vec![
+        Answer::Kill { target: None },
+        Answer::Status(503, "Service Unavailable"),
+    ];
+    let (addr, recorder) = start_detector(script).await;
+    let (sink, metrics) = sink(addr, |_| {});
+    sink.submit(sleeper.read(1));
+    assert!(
+        sleeper.exit_status().await.is_some(),
+        "the ordered process still runs"
+    );
+    wait_for_requests(&recorder, 3).await;
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 3);
+    let failed = requests[1].batch().reports;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        requests[2].batch().reports,
+        failed,
+        "the retry carries the same report"
+    );
+    assert_eq!(Metrics::get(&metrics.reports_sent), 1);
+    assert_eq!(Metrics::get(&metrics.reports_dropped), 0);
+}
+
+#[tokio::test]
+async fn reports_dropped_with_undeliverable_batch() {
+    let mut script = vec![Answer::Kill { target: None }];
+    script.extend(vec![Answer::Status(500, "boom"); 3]);
+    let (addr, recorder) = start_detector(script).await;
+    let (sink, metrics) = sink(addr, |config| {
+        config.max_attempts = 3;
+        config.kill_orders = KillOrders::Ignore;
+    });
+    sink.submit(read(1, "/usr/bin/python3"));
+    wait_for_requests(&recorder, 4).await;
+    sink.close().await;
+
+    assert_eq!(recorder.requests().len(), 4);
+    assert_eq!(Metrics::get(&metrics.reports_sent), 0);
+    assert_eq!(Metrics::get(&metrics.reports_dropped), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn report_queue_drops_oldest_past_cap() {
+    let (addr, recorder) = start_detector(vec![Answer::Kill { target: None }]).await;
+    let (sink, metrics) = sink(addr, |config| {
+        config.max_reports = 1;
+        config.kill_orders = KillOrders::Ignore;
+    });
+    // On a current-thread runtime both reads go out in one batch.
+    sink.submit(read(1, "/usr/bin/python3"));
+    sink.submit(read(2, "/bin/sh"));
+    wait_for_requests(&recorder, 2).await;
+    sink.close().await;
+
+    let requests = recorder.requests();
+    assert_eq!(requests[0].batch().events.len(), 2);
+    let reports = requests[1].batch().reports;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].finding_id, "tg-1", "the newest report is kept");
+    assert_eq!(metrics.orders(ActionResult::Disabled), 2);
+    assert_eq!(Metrics::get(&metrics.reports_dropped), 1);
+    assert_eq!(Metrics::get(&metrics.reports_sent), 1);
+}
+
+#[tokio::test]
+async fn payload_too_large_splits_reports_from_event() {
+    let script = vec![
+        Answer::Kill { target: None },
+        Answer::Status(413, "Request must be smaller than 6291456 bytes"),
+    ];
+    let (addr, recorder) = start_detector(script).await;
+    let (sink, metrics) = sink(addr, |config| {
+        config.kill_orders = KillOrders::Ignore;
+        config.report_wait = Duration::from_secs(30);
+    });
+    sink.submit(read(1, "/usr/bin/python3"));
+    wait_for_requests(&recorder, 1).await;
+    sink.submit(read(2, "/bin/sh"));
+    wait_for_requests(&recorder, 4).await;
+    sink.close().await;
+
+    let shapes: Vec<(usize, usize)> = recorder
+        .requests()
+        .iter()
+        .map(|request| {
+            let batch = request.batch();
+            (batch.events.len(), batch.reports.len())
+        })
+        .collect();
+    assert_eq!(shapes, [(1, 0), (1, 1), (0, 1), (1, 0)]);
+    assert_eq!(Metrics::get(&metrics.reports_sent), 1);
+    assert_eq!(Metrics::get(&metrics.events_posted), 2);
+    assert_eq!(Metrics::get(&metrics.events_dropped_undeliverable), 0);
 }

@@ -6,23 +6,35 @@
 //!
 //! A POST carries at most [`MAX_BATCH_EVENTS`] events and [`MAX_BATCH_BYTES`]
 //! of body, because the detector rejects a larger batch whole.
+//!
+//! An outcome in the detector's response may carry an order to kill the
+//! process that read the token. The sink carries out every order of a
+//! response before it handles the rest of that response, then sends a
+//! report of each in the `reports` of the next POST. When no event is waiting, the
+//! reports go alone after [`HttpSinkConfig::report_wait`].
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_credential_types::provider::SharedCredentialsProvider;
 use reqwest::{StatusCode, Url};
 use tokenguard_schema::{
-    Batch, BatchResponse, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Node, OutcomeStatus, SCHEMA_VERSION,
-    TokenRead,
+    ActionReport, Batch, BatchResponse, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Node, OutcomeStatus,
+    SCHEMA_VERSION, TokenRead,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
+use super::orders::carry_out_orders;
 use super::queue::{CoalescingQueue, Pushed, SizedRead};
+use super::reports::{ReportPushed, ReportQueue};
 use super::sigv4::Signer;
+use crate::kill::{KillOrders, Killer};
 use crate::metrics::Metrics;
+use crate::procfs::DEFAULT_PROC_ROOT;
 
 /// Maximum number of bytes of a rejected response body that are logged.
 const MAX_LOGGED_BODY: usize = 1024;
@@ -49,12 +61,25 @@ pub struct HttpSinkConfig {
     pub request_timeout: Duration,
     /// How long [`HttpSink::close`] waits for queued events to go out.
     pub shutdown_timeout: Duration,
+    /// Handling of the detector's kill orders.
+    pub kill_orders: KillOrders,
+    /// procfs of the host pid namespace, where a process's start time is
+    /// checked before it is killed.
+    pub proc_root: PathBuf,
+    /// Maximum number of action reports waiting to be sent. Past it the
+    /// oldest is dropped and counted.
+    pub max_reports: usize,
+    /// How long action reports wait for events to share a POST with before
+    /// they are sent alone.
+    pub report_wait: Duration,
 }
 
 impl HttpSinkConfig {
     /// Settings with the default limits: a queue of 10,000 events, batches of
     /// [`MAX_BATCH_EVENTS`], 12 attempts with backoff from 0.5 s to 60 s
     /// (about 6 minutes in all), 30 s per request, 10 s to drain on shutdown.
+    /// Kill orders are followed with `/proc`, and up to 1,000 action reports
+    /// wait at most 250 ms for events.
     pub fn new(
         url: Url,
         region: String,
@@ -73,6 +98,10 @@ impl HttpSinkConfig {
             max_backoff: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            kill_orders: KillOrders::Follow,
+            proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            max_reports: 1000,
+            report_wait: Duration::from_millis(250),
         }
     }
 }
@@ -100,6 +129,7 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     queue: CoalescingQueue,
+    reports: ReportQueue,
     closed: bool,
 }
 
@@ -134,12 +164,20 @@ impl HttpSink {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: CoalescingQueue::new(config.max_queue, max_events_size),
+                reports: ReportQueue::new(config.max_reports),
                 closed: false,
             }),
             wake: Notify::new(),
         });
         let shutdown_timeout = config.shutdown_timeout;
+        let killer = Killer::new(config.kill_orders, config.proc_root.clone());
+        if killer.orders() == KillOrders::Follow
+            && let Err(reason) = killer.check_pid_namespace()
+        {
+            warn!(error = %reason, "kill orders from the detector will fail");
+        }
         let sender = Sender {
+            killer,
             signer: Signer::new(config.credentials.clone(), config.region.clone()),
             shared: shared.clone(),
             client,
@@ -207,9 +245,19 @@ impl HttpSink {
             abort.abort();
             let left = self.queued();
             Metrics::add(&self.metrics.events_dropped_undeliverable, left as u64);
+            let reports = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reports
+                .len();
+            Metrics::add(&self.metrics.reports_dropped, reports as u64);
             error!(
                 queued = left,
-                "events not delivered before shutdown; they and any batch in flight are lost"
+                reports,
+                "events and action reports not delivered before shutdown; they and any batch \
+                 in flight are lost"
             );
         }
     }
@@ -222,6 +270,38 @@ struct Pending {
     /// Size of the event's JSON encoding in bytes.
     size: usize,
     attempts: u32,
+}
+
+/// The events and action reports of one POST.
+#[derive(Debug)]
+struct Outgoing {
+    events: Vec<Pending>,
+    reports: Vec<ActionReport>,
+}
+
+impl Outgoing {
+    /// Returns whether the batch can be split in two non-empty parts.
+    fn can_split(&self) -> bool {
+        self.events.len() + usize::from(!self.reports.is_empty()) > 1
+    }
+
+    /// Splits the events in halves, with the reports in the first. A single
+    /// event is split from the reports instead.
+    fn split(mut self) -> (Outgoing, Outgoing) {
+        if self.events.len() > 1 {
+            let second = self.events.split_off(self.events.len() / 2);
+            let second = Outgoing {
+                events: second,
+                reports: Vec::new(),
+            };
+            return (self, second);
+        }
+        let reports = Outgoing {
+            events: Vec::new(),
+            reports: std::mem::take(&mut self.reports),
+        };
+        (reports, self)
+    }
 }
 
 /// Result of one POST, as the sender acts on it.
@@ -252,12 +332,13 @@ enum Delivery {
     Answered,
     /// Rejected or out of attempts, and counted as undeliverable.
     Dropped,
-    /// Rejected with 413, and small enough to split.
-    TooLarge(Vec<Pending>),
+    /// Rejected with 413, and more than one event or report to split.
+    TooLarge(Outgoing),
 }
 
 struct Sender {
     config: HttpSinkConfig,
+    killer: Killer,
     signer: Signer,
     shared: Arc<Shared>,
     client: reqwest::Client,
@@ -280,36 +361,44 @@ impl Sender {
         }
     }
 
-    /// Waits for events and returns the next batch: events to retry first,
-    /// then the oldest queued ones, within the count and byte limits. Returns
-    /// `None` once closed and empty.
+    /// Waits for events or action reports and returns the next batch:
+    /// events to retry first, then the oldest queued ones, within the count
+    /// and byte limits, with the oldest queued reports that fit. Returns
+    /// `None` once closed with nothing queued.
     ///
-    /// Every event fits a body on its own, because the queue rejects larger
-    /// ones, so each batch takes at least one event.
-    async fn next_batch(&self, retry: &mut Vec<Pending>) -> Option<Vec<Pending>> {
+    /// Reports go with the next events. When no event is waiting they go
+    /// alone after [`HttpSinkConfig::report_wait`], or at once when the sink
+    /// is closed or the waiting events do not fit beside them.
+    ///
+    /// Every event fits a body without reports, because the queue rejects
+    /// larger ones, so each batch takes at least one event or report.
+    async fn next_batch(&self, retry: &mut Vec<Pending>) -> Option<Outgoing> {
         let max = self.config.max_batch.clamp(1, MAX_BATCH_EVENTS);
+        let mut report_deadline: Option<Instant> = None;
         loop {
             let notified = self.shared.wake.notified();
             {
                 let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (report_count, report_bytes) = state.reports.fitting();
+                let max_events_size = self.max_events_size.saturating_sub(report_bytes);
                 let mut bytes = 0;
                 let mut from_retry = 0;
                 for pending in retry.iter().take(max) {
                     let added = usize::from(from_retry > 0) + pending.size;
-                    if bytes + added > self.max_events_size {
+                    if bytes + added > max_events_size {
                         break;
                     }
                     bytes += added;
                     from_retry += 1;
                 }
-                let mut batch: Vec<Pending> = retry.drain(..from_retry).collect();
-                let room = max - batch.len();
+                let mut events: Vec<Pending> = retry.drain(..from_retry).collect();
+                let room = max - events.len();
                 // A comma separates the first queued event from retried ones before it.
-                let separator = usize::from(!batch.is_empty());
-                let budget = self.max_events_size.saturating_sub(bytes + separator);
+                let separator = usize::from(!events.is_empty());
+                let budget = max_events_size.saturating_sub(bytes + separator);
                 // Retried events go first, so queued ones wait until all fit.
                 if retry.is_empty() {
-                    batch.extend(state.queue.take(room, budget).into_iter().map(
+                    events.extend(state.queue.take(room, budget).into_iter().map(
                         |SizedRead { read, size }| Pending {
                             read,
                             size,
@@ -317,31 +406,49 @@ impl Sender {
                         },
                     ));
                 }
-                if !batch.is_empty() {
-                    return Some(batch);
+
+                let events_left = !retry.is_empty() || !state.queue.is_empty();
+                let waited = report_deadline.is_some_and(|deadline| Instant::now() >= deadline);
+                let send_reports = report_count > 0
+                    && (!events.is_empty() || events_left || waited || state.closed);
+                if !events.is_empty() || send_reports {
+                    let reports = if send_reports {
+                        state.reports.take(report_count)
+                    } else {
+                        Vec::new()
+                    };
+                    return Some(Outgoing { events, reports });
                 }
                 if state.closed {
                     return None;
                 }
+                if report_count > 0 && report_deadline.is_none() {
+                    report_deadline = Some(Instant::now() + self.config.report_wait);
+                }
             }
-            notified.await;
+            match report_deadline {
+                Some(deadline) => {
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+                None => notified.await,
+            }
         }
     }
 
     /// Posts `batch`, split in halves while the detector returns 413, and
     /// returns the delay to wait before the next POST when events wait in
     /// `retry`.
-    async fn deliver(&self, batch: Vec<Pending>, retry: &mut Vec<Pending>) -> Option<Duration> {
+    async fn deliver(&self, batch: Outgoing, retry: &mut Vec<Pending>) -> Option<Duration> {
         let mut parts = vec![batch];
         let mut answered = false;
         while let Some(part) = parts.pop() {
             match self.deliver_part(part, retry).await {
                 Delivery::Answered => answered = true,
                 Delivery::Dropped => {}
-                Delivery::TooLarge(mut part) => {
-                    let second = part.split_off(part.len() / 2);
+                Delivery::TooLarge(part) => {
+                    let (first, second) = part.split();
                     parts.push(second);
-                    parts.push(part);
+                    parts.push(first);
                 }
             }
         }
@@ -353,45 +460,56 @@ impl Sender {
     }
 
     /// Posts `batch` until it gets a response, is rejected or runs out of
-    /// attempts. Events with outcome `failed` go to `retry`.
-    async fn deliver_part(&self, mut batch: Vec<Pending>, retry: &mut Vec<Pending>) -> Delivery {
-        let mut attempt = batch.iter().map(|p| p.attempts).max().unwrap_or(0);
+    /// attempts. Events with outcome `failed` go to `retry`. Action reports
+    /// share the batch's attempts and are dropped with it.
+    async fn deliver_part(&self, mut batch: Outgoing, retry: &mut Vec<Pending>) -> Delivery {
+        let mut attempt = batch.events.iter().map(|p| p.attempts).max().unwrap_or(0);
         loop {
             attempt += 1;
-            for pending in batch.iter_mut() {
+            for pending in batch.events.iter_mut() {
                 pending.attempts = attempt.max(pending.attempts + 1);
             }
             Metrics::add(&self.metrics.posts, 1);
+            let events = batch.events.len();
+            let reports = batch.reports.len();
             match self.post(&batch).await {
                 PostResult::Answered(response) => {
-                    self.handle_outcomes(batch, response, retry);
+                    Metrics::add(&self.metrics.reports_sent, reports as u64);
+                    // Orders first, so that no other work delays a kill.
+                    let reads: Vec<&TokenRead> = batch.events.iter().map(|p| &p.read).collect();
+                    let reports = carry_out_orders(&self.killer, &self.metrics, &reads, &response);
+                    for report in reports {
+                        self.queue_report(report);
+                    }
+                    self.handle_outcomes(batch.events, response, retry);
                     return Delivery::Answered;
                 }
-                PostResult::TooLarge { status, body } if batch.len() > 1 => {
+                PostResult::TooLarge { status, body } if batch.can_split() => {
                     // Lambda limits the payload after it embeds the body, which
                     // can grow more than the margin of `MAX_BATCH_BYTES`.
                     warn!(
-                        status = status.as_u16(), events = batch.len(), error = %body,
+                        status = status.as_u16(), events, reports, error = %body,
                         "detector rejected the batch as too large; splitting it"
                     );
                     return Delivery::TooLarge(batch);
                 }
                 PostResult::TooLarge { status, body } => {
-                    Metrics::add(&self.metrics.events_dropped_undeliverable, 1);
-                    let event_id = batch.first().map_or("-", |p| p.read.event_id.as_str());
+                    self.count_dropped(&batch);
+                    let event_id = batch
+                        .events
+                        .first()
+                        .map_or("-", |p| p.read.event_id.as_str());
                     warn!(
-                        status = status.as_u16(), event_id, error = %body,
-                        "detector rejected the event as too large; dropping it"
+                        status = status.as_u16(), event_id, reports, error = %body,
+                        "detector rejected a batch of one event or of reports alone as too \
+                         large; dropping it"
                     );
                     return Delivery::Dropped;
                 }
                 PostResult::Rejected { status, body } => {
-                    Metrics::add(
-                        &self.metrics.events_dropped_undeliverable,
-                        batch.len() as u64,
-                    );
+                    self.count_dropped(&batch);
                     error!(
-                        status = status.as_u16(), events = batch.len(), error = %body,
+                        status = status.as_u16(), events, reports, error = %body,
                         "detector rejected the batch; dropping it"
                     );
                     return Delivery::Dropped;
@@ -402,23 +520,50 @@ impl Sender {
                 } => {
                     Metrics::add(&self.metrics.post_failures, 1);
                     if attempt >= self.config.max_attempts {
-                        Metrics::add(
-                            &self.metrics.events_dropped_undeliverable,
-                            batch.len() as u64,
-                        );
+                        self.count_dropped(&batch);
                         error!(
-                            attempts = attempt, events = batch.len(), error = %reason,
+                            attempts = attempt, events, reports, error = %reason,
                             "posting to the detector failed on every attempt; dropping the batch"
                         );
                         return Delivery::Dropped;
                     }
                     let delay = self.backoff(attempt, retry_after);
                     warn!(
-                        attempt, events = batch.len(), delay_ms = delay.as_millis() as u64,
+                        attempt, events, reports, delay_ms = delay.as_millis() as u64,
                         error = %reason, "posting to the detector failed; retrying"
                     );
                     tokio::time::sleep(delay).await;
                 }
+            }
+        }
+    }
+
+    fn count_dropped(&self, batch: &Outgoing) {
+        Metrics::add(
+            &self.metrics.events_dropped_undeliverable,
+            batch.events.len() as u64,
+        );
+        Metrics::add(&self.metrics.reports_dropped, batch.reports.len() as u64);
+    }
+
+    fn queue_report(&self, report: ActionReport) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.reports.push(report) {
+            ReportPushed::Queued => {}
+            ReportPushed::DroppedOldest(oldest) => {
+                Metrics::add(&self.metrics.reports_dropped, 1);
+                warn!(
+                    finding_id = %oldest.finding_id, max_reports = self.config.max_reports,
+                    "action report queue full; dropped the oldest report"
+                );
+            }
+            ReportPushed::TooLarge(size) => {
+                Metrics::add(&self.metrics.reports_dropped, 1);
+                warn!(
+                    bytes = size,
+                    "action report too large for any batch, because of its finding id or \
+                     event id; dropping it"
+                );
             }
         }
     }
@@ -489,12 +634,12 @@ impl Sender {
         (half + jitter).max(retry_after.unwrap_or_default().min(self.config.max_backoff))
     }
 
-    async fn post(&self, batch: &[Pending]) -> PostResult {
+    async fn post(&self, batch: &Outgoing) -> PostResult {
         let body = Batch {
             schema: SCHEMA_VERSION,
             node: self.config.node.clone(),
-            events: batch.iter().map(|p| p.read.clone()).collect(),
-            reports: Vec::new(),
+            events: batch.events.iter().map(|p| p.read.clone()).collect(),
+            reports: batch.reports.clone(),
         };
         let body = match serde_json::to_vec(&body) {
             Ok(body) => body,

@@ -2,7 +2,9 @@
 
 pub mod embedded;
 pub mod http;
+pub mod orders;
 pub mod queue;
+pub mod reports;
 pub mod sigv4;
 
 use std::io::Write;
