@@ -261,7 +261,9 @@ async fn exchange_outside_without_read() {
     );
     let subject = &subjects(&alerts)[0];
     assert!(
-        subject.starts_with("[tokenguard HIGH] Token of service account"),
+        subject.starts_with(&format!(
+            "[tokenguard HIGH] Token used from {OUTSIDE}: {namespace}/api"
+        )),
         "{subject}"
     );
     assert!(subject.contains(OUTSIDE), "{subject}");
