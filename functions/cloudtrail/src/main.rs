@@ -13,12 +13,8 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 use tokenguard_cloudtrail::{EksIssuers, handle_eventbridge, handle_sqs};
-use tokenguard_core::Engine;
 use tokenguard_core::cloudtrail::ClusterResolver;
-use tokenguard_detector::{
-    CLUSTERS_VAR, Config, DetectorEngine, DynamoCorrelation, DynamoStore, LOG_FILTER_VAR,
-    SnsNotifier,
-};
+use tokenguard_detector::{CLUSTERS_VAR, Config, DetectorEngine, LOG_FILTER_VAR, build_engine};
 use tracing::{Instrument, info, info_span};
 use tracing_subscriber::EnvFilter;
 
@@ -39,15 +35,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let sdk_config = aws_config::load_from_env().await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config);
-    let store = DynamoStore::new(
-        dynamodb.clone(),
-        &config.baseline_table,
-        &config.findings_table,
-    );
-    let correlation =
-        DynamoCorrelation::new(dynamodb, &config.correlation_table, &config.findings_table);
-    let notifier = SnsNotifier::new(aws_sdk_sns::Client::new(&sdk_config), &config.topic_arn);
     let resolver = ClusterResolver::new(
         config.clusters.clone(),
         EksIssuers::new(aws_sdk_eks::Client::new(&sdk_config)),
@@ -58,16 +45,11 @@ async fn main() -> anyhow::Result<()> {
         topic_arn = %config.topic_arn,
         clusters = %config.clusters.join(","),
         correlation_window_seconds = config.correlation.window.as_secs(),
+        containment_enforced = %config.containment.modes.enforced().collect::<Vec<_>>().join(","),
         "cloudtrail function started"
     );
     let function = Arc::new(Function {
-        engine: Engine::with_correlation(
-            store,
-            notifier,
-            config.policy,
-            correlation,
-            config.correlation,
-        ),
+        engine: build_engine(&config, &sdk_config)?,
         resolver,
     });
 

@@ -12,11 +12,7 @@ use aws_lambda_events::event::lambda_function_urls::{
     LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
 };
 use lambda_runtime::{LambdaEvent, service_fn};
-use tokenguard_core::Engine;
-use tokenguard_detector::{
-    Config, DetectorEngine, DynamoCorrelation, DynamoStore, LOG_FILTER_VAR, SnsNotifier,
-    handle_request,
-};
+use tokenguard_detector::{Config, DetectorEngine, LOG_FILTER_VAR, build_engine, handle_request};
 use tracing::{Instrument, info, info_span};
 use tracing_subscriber::EnvFilter;
 
@@ -28,15 +24,7 @@ async fn main() -> anyhow::Result<()> {
     // Standard loading: region, credentials and AWS_ENDPOINT_URL come from the
     // Lambda environment.
     let sdk_config = aws_config::load_from_env().await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config);
-    let store = DynamoStore::new(
-        dynamodb.clone(),
-        &config.baseline_table,
-        &config.findings_table,
-    );
-    let correlation =
-        DynamoCorrelation::new(dynamodb, &config.correlation_table, &config.findings_table);
-    let notifier = SnsNotifier::new(aws_sdk_sns::Client::new(&sdk_config), &config.topic_arn);
+    let engine = Arc::new(build_engine(&config, &sdk_config)?);
     info!(
         baseline_table = %config.baseline_table,
         findings_table = %config.findings_table,
@@ -46,15 +34,10 @@ async fn main() -> anyhow::Result<()> {
         correlation_table = %config.correlation_table,
         correlation_window_seconds = config.correlation.window.as_secs(),
         clusters = %config.clusters.join(","),
+        containment_enforced = %config.containment.modes.enforced().collect::<Vec<_>>().join(","),
+        containment_default = %config.containment.modes.default,
         "detector started"
     );
-    let engine = Arc::new(Engine::with_correlation(
-        store,
-        notifier,
-        config.policy,
-        correlation,
-        config.correlation,
-    ));
 
     lambda_runtime::run(service_fn(move |event| invoke(engine.clone(), event)))
         .await
