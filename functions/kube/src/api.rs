@@ -22,6 +22,9 @@ use crate::clusters::EksClusters;
 /// Annotation the kubelet sets on the mirror pod of a static pod.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
+/// HTTP status of a request whose bearer token the API server rejected.
+const UNAUTHORIZED: u16 = 401;
+
 /// Label on the NetworkPolicy tokenguard creates.
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tokenguard");
 
@@ -162,7 +165,8 @@ fn json_patch(operations: serde_json::Value) -> Patch<()> {
 
 impl EksClusters {
     /// Runs `call` with the cluster's client. A failure without an HTTP
-    /// response drops the cached client and endpoint.
+    /// response drops the cached client and endpoint, and a 401 drops the
+    /// client, so the next call signs a new token.
     async fn call<T, F, Fut>(&self, cluster: &str, call: F) -> Result<T, ApiError>
     where
         F: FnOnce(kube::Client) -> Fut,
@@ -183,6 +187,10 @@ impl EksClusters {
                         "failed to reach the Kubernetes API of cluster {cluster}: {}",
                         error.message
                     )));
+                }
+                if error.status == Some(UNAUTHORIZED) {
+                    warn!(cluster, %error, "the API server rejected the EKS token");
+                    self.forget_client(cluster).await;
                 }
                 Err(error)
             }

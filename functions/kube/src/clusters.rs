@@ -44,8 +44,9 @@ struct Slot {
 /// [`ClusterSource`], tokens from [`EksTokens`], one client per cluster.
 ///
 /// Each client trusts only its cluster's CA. A client is rebuilt with a new
-/// token when the old one reaches its refresh time, and the cluster's
-/// endpoint is looked up again after a call fails without an HTTP response.
+/// token when the old one reaches its refresh time or the API server returns
+/// 401. The cluster's endpoint is looked up again after a call fails without
+/// an HTTP response.
 pub struct EksClusters {
     source: ClusterSource,
     tokens: EksTokens,
@@ -140,6 +141,12 @@ impl EksClusters {
     pub async fn forget(&self, cluster: &str) {
         let slot = self.slot(cluster);
         *slot.lock().await = Slot::default();
+    }
+
+    /// Drops the client of `cluster`, so the next call signs a new token.
+    pub(crate) async fn forget_client(&self, cluster: &str) {
+        let slot = self.slot(cluster);
+        slot.lock().await.client = None;
     }
 }
 

@@ -566,6 +566,34 @@ fn advanced_clock() -> SystemTime {
 }
 
 #[tokio::test]
+async fn token_replaced_after_unauthorized() {
+    static OFFSET: AtomicU64 = AtomicU64::new(0);
+    fn clock() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(OFFSET.load(Ordering::SeqCst))
+    }
+    let server = server().await;
+    server.add_pod(pod_fixture(NAMESPACE, "web-1", "uid-1", NODE));
+    let clusters = clusters_trusting(&server, server.ca_pem(), "not-the-secret").with_clock(clock);
+
+    let first = expect_error(clusters.pod(CLUSTER, NAMESPACE, "web-1").await);
+    OFFSET.store(60, Ordering::SeqCst);
+    let second = expect_error(clusters.pod(CLUSTER, NAMESPACE, "web-1").await);
+
+    assert_eq!(first.status, Some(401));
+    assert_eq!(second.status, Some(401));
+    let signed: Vec<SystemTime> = server
+        .requests()
+        .iter()
+        .map(|r| r.token_signed_at.expect("an EKS token"))
+        .collect();
+    assert_eq!(signed.len(), 2);
+    assert!(
+        signed[1] >= signed[0] + Duration::from_secs(60),
+        "a new token is signed after a 401"
+    );
+}
+
+#[tokio::test]
 async fn token_replaced_after_fourteen_minutes() {
     let server = server().await;
     server.add_pod(pod_fixture(NAMESPACE, "web-1", "uid-1", NODE));
