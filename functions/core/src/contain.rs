@@ -65,7 +65,7 @@ impl Action {
 pub enum ContainmentOutcome {
     /// Done: the API accepted the call, or the agent killed the process.
     Acted { detail: String },
-    /// The agent was told to kill the process and has not reported yet.
+    /// The agent received a kill order and has not reported yet.
     Ordered { detail: String },
     /// Dry run: this would have been done.
     WouldAct { detail: String },
@@ -122,7 +122,7 @@ pub struct ContainmentDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{}{message}", status.map(|status| format!("HTTP {status} {reason}: ")).unwrap_or_default())]
 pub struct ApiError {
-    /// HTTP status, when the server answered.
+    /// HTTP status, when the server responded.
     pub status: Option<u16>,
     /// `Status.reason`, such as `NotFound` or `Conflict`.
     pub reason: String,
@@ -130,7 +130,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with no HTTP answer: connection, TLS or authentication setup.
+    /// Creates an error with no HTTP response: connection, TLS or
+    /// authentication setup.
     pub fn transport(message: impl Into<String>) -> ApiError {
         ApiError {
             status: None,

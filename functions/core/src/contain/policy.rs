@@ -75,7 +75,7 @@ pub struct ContainmentPolicy {
     /// and tokenguard's own.
     pub protected_namespaces: BTreeSet<String>,
     /// Whether DaemonSet, static and mirror pods may be contained. Such pods
-    /// run node services, and deleting one is recreated on the same node.
+    /// run node services, and a deleted one comes back on the same node.
     pub contain_node_pods: bool,
     /// Ready pods a ReplicaSet, Deployment or StatefulSet keeps after a pod
     /// is deleted or quarantined; an action that would leave fewer is
@@ -118,9 +118,10 @@ pub enum ContainmentPolicyError {
 }
 
 impl ContainmentPolicy {
-    /// The default policy for a tokenguard installed in `own_namespace`:
-    /// every namespace off; when turned on, kill at `medium`, quarantine at
-    /// `high` and delete at `critical`; 10 actions per cluster and hour.
+    /// Creates the default policy for a tokenguard installed in
+    /// `own_namespace`. Every namespace is off. Once a namespace is turned
+    /// on, it kills at `medium`, quarantines at `high` and deletes at
+    /// `critical`, with 10 actions per cluster and hour.
     pub fn new(own_namespace: &str) -> ContainmentPolicy {
         let mut protected: BTreeSet<String> =
             ALWAYS_PROTECTED.iter().map(|ns| (*ns).to_owned()).collect();
