@@ -5,10 +5,11 @@
 //! out through [`Notifier`], with DynamoDB and SNS adapters in the detector
 //! Lambda and an embedded store in the node agent. [`cloudtrail`] parses the
 //! records of token exchanges, and [`correlate`] matches them with reads.
+//! [`contain`] decides what to do to the pod or process behind a finding.
 
 pub mod cloudtrail;
-pub mod contain;
 pub mod conformance;
+pub mod contain;
 pub mod correlate;
 mod engine;
 mod finding;
