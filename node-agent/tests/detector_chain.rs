@@ -2,7 +2,9 @@
 //! of a pod's IRSA token inside a sandbox laid out the way the kubelet lays out a pod. It names
 //! the pod through the Kubernetes API stand-in and posts signed batches to the detector under
 //! cargo-lambda's emulator. The detector keeps its baseline in DynamoDB and alerts through SNS,
-//! both in moto, into an SQS queue that the test reads.
+//! both in moto, into an SQS queue that the test reads. With the pod's namespace in enforce
+//! mode, the agent kills the unfamiliar reader on the detector's order, and the finding in
+//! moto records the kill.
 //!
 //! Needs root (the agent loads eBPF programs, and the sandbox makes a cgroup and a mount
 //! namespace), the Python virtual environment with moto and cargo-lambda, and the emulator's
@@ -10,14 +12,17 @@
 
 use std::fs;
 use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokenguard_core::{Rule, Severity};
-use tokenguard_e2e::detector::{BaselineValue, DetectorStack};
+use tokenguard_core::contain::{Action, ContainmentOutcome, Mode, latest_decision};
+use tokenguard_core::{Finding, Rule, Severity};
+use tokenguard_e2e::detector::{BaselineValue, DetectorStack, StackOptions};
 use tokenguard_e2e::fixtures::{NODE, irsa_pod_on};
 use tokenguard_e2e::kube_api::KubeApi;
 use tokenguard_e2e::moto::{GuardedChild, REGION, log_dir};
@@ -42,6 +47,11 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the test keeps reading the queue after the first alert, to catch extra alerts.
 const SETTLE_TIME: Duration = Duration::from_secs(3);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs the tests of this file one at a time. Each agent reports every token open on the
+/// machine, so one test's agent would post the other test's reads to its own detector, where
+/// they raise findings that the other test does not expect.
+static ONE_CHAIN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Takes the lock that `tests/kernel.rs` takes, shared. Every loaded probe reports every token
 /// open on the machine, so the agent's reads would break that binary's exact counter checks,
@@ -120,6 +130,22 @@ impl PodSandbox {
         command
     }
 
+    /// Starts `program args` in the pod's cgroup and a mount namespace with the token at
+    /// [`TOKEN`], without waiting for it. Its pid is the pid of `program`, because the script
+    /// and the commands after it exec one another.
+    fn spawn(&self, program: &Path, args: &[&str]) -> SandboxProcess {
+        let child = self
+            .script("exec")
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        SandboxProcess { child }
+    }
+
     /// Runs `program args` in the pod's cgroup and a mount namespace with the token at
     /// [`TOKEN`], and checks that it exits with status 0.
     fn exec(&self, program: &Path, args: &[&str]) -> Output {
@@ -146,6 +172,40 @@ impl Drop for PodSandbox {
             ),
             Err(error) => eprintln!("failed to run pod-sandbox.sh teardown: {error}"),
         }
+    }
+}
+
+/// A process started in the sandbox, killed and reaped on drop if it still runs.
+struct SandboxProcess {
+    child: Child,
+}
+
+impl SandboxProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, and returns `None` if it still runs after `timeout`.
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
     }
 }
 
@@ -241,6 +301,7 @@ fn finding_id_of(message: &str) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfamiliar_reader_alerts() {
+    let _chain = ONE_CHAIN_AT_A_TIME.lock().await;
     let _lock = kernel_tests_lock();
     let ids = RunIds::new();
     let cluster = ids.cluster.as_str();
@@ -467,5 +528,196 @@ async fn unfamiliar_reader_alerts() {
     assert_eq!(
         values, expected,
         "the baseline must hold the two readers in one scope, and only cat raised a finding"
+    );
+}
+
+/// Returns a port on 127.0.0.1 that was free a moment ago.
+fn free_local_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Returns the value of the Prometheus sample `name` (with its labels) in `text`.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Returns the outcome of the finding's latest kill decision once it is no longer an order
+/// waiting for the agent's report.
+fn settled_kill(finding: &Finding) -> Option<&ContainmentOutcome> {
+    let decision = latest_decision(finding, Action::KillProcess)?;
+    (!matches!(decision.outcome, ContainmentOutcome::Ordered { .. })).then_some(&decision.outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfamiliar_reader_killed() {
+    let _chain = ONE_CHAIN_AT_A_TIME.lock().await;
+    let _lock = kernel_tests_lock();
+    let ids = RunIds::new();
+    let cluster = ids.cluster.as_str();
+
+    let stack = DetectorStack::start_with(StackOptions {
+        learning_period: "0s".to_owned(),
+        extra_env: vec![(
+            "TOKENGUARD_CONTAINMENT_MODES",
+            format!("{NAMESPACE}=enforce"),
+        )],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the detector stack starts");
+    let kube = KubeApi::start()
+        .await
+        .expect("the Kubernetes API stand-in starts");
+    kube.add_pod(irsa_pod_on(NODE, &ids.pod_uid, &ids.container_id));
+
+    let work = tempfile::tempdir().unwrap();
+    let work_dir = work.path().canonicalize().unwrap();
+    assert!(
+        !work_dir.starts_with("/run"),
+        "temp dir {} is under /run, which the sandbox hides: set TMPDIR elsewhere",
+        work_dir.display()
+    );
+    let kubeconfig = work_dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).unwrap();
+    let kubelet_root = work_dir.join("kubelet");
+    let sandbox = PodSandbox::setup(&kubelet_root, &ids);
+    let familiar = work_dir.join(FAMILIAR_COMM);
+    fs::copy(which("cat"), &familiar).unwrap();
+
+    let metrics_addr = free_local_address();
+    let agent_log = log_dir().join(format!("agent-{cluster}.log"));
+    let mut command = Command::new(AGENT);
+    command
+        .args(["--sink", &stack.function_url()])
+        .args(["--cluster", cluster])
+        .args(["--node-name", NODE])
+        .arg("--kubelet-root")
+        .arg(&kubelet_root)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--region", REGION])
+        .args(["--metrics-addr", &metrics_addr.to_string()])
+        .envs(stack.moto().client_env())
+        .env("RUST_LOG", "info,tokenguard_agent=debug");
+    let mut agent = GuardedChild::spawn("tokenguard-agent", &command, &agent_log)
+        .expect("tokenguard-agent starts");
+    wait_for_log(
+        &mut agent,
+        &agent_log,
+        &["agent started", "watching pods of this node"],
+        AGENT_START_TIMEOUT,
+    )
+    .await;
+    let logs = format!(
+        "agent log {}, detector log {}",
+        agent_log.display(),
+        stack.emulator().log().display()
+    );
+
+    // The first reader of the workload is learned silently, so it is not contained.
+    sandbox.exec(&familiar, &[TOKEN]);
+    let familiar_exe = familiar.to_str().unwrap();
+    let learned = poll(DELIVERY_TIMEOUT, || async {
+        let values = stack.baseline_values(cluster).await.unwrap();
+        values.into_iter().find(|value| value.exe == familiar_exe)
+    })
+    .await;
+    assert!(
+        learned.is_some(),
+        "the detector did not learn {familiar_exe} within {}s; {logs}",
+        DELIVERY_TIMEOUT.as_secs()
+    );
+
+    // The shell itself opens the token, with a redirection, and keeps running.
+    let shell = which("sh");
+    let script = format!("while :; do read -r token < {TOKEN}; sleep 1; done");
+    let mut reader = sandbox.spawn(&shell, &["-c", &script]);
+    let pid = reader.pid();
+    let status = reader.wait_exit(DELIVERY_TIMEOUT).await;
+    let Some(status) = status else {
+        panic!(
+            "the unfamiliar reader, pid {pid}, still ran {}s after it read the token; {logs}",
+            DELIVERY_TIMEOUT.as_secs()
+        );
+    };
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the unfamiliar reader, pid {pid}, ended with {status}, not by SIGKILL; {logs}"
+    );
+
+    let shell_exe = shell.to_str().unwrap();
+    let finding_id = poll(DELIVERY_TIMEOUT, || async {
+        let values = stack.baseline_values(cluster).await.unwrap();
+        values
+            .into_iter()
+            .find(|value| value.exe == shell_exe)
+            .and_then(|value| value.finding_id)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no finding for {shell_exe} in the baseline; {logs}"));
+    let finding = poll(DELIVERY_TIMEOUT, || async {
+        let finding = stack.finding(&finding_id).await.unwrap()?;
+        settled_kill(&finding).is_some().then_some(finding)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "finding {finding_id} recorded no report of the kill within {}s; {logs}",
+            DELIVERY_TIMEOUT.as_secs()
+        )
+    });
+
+    assert_eq!(finding.rule, Rule::UnfamiliarProcessTokenRead, "rule");
+    assert_eq!(finding.severity, Severity::Medium, "severity");
+    assert_eq!(finding.process.pid, pid, "pid of the reader");
+    assert_eq!(finding.process.exe, shell_exe, "exe of the reader");
+    let kills: Vec<_> = finding
+        .containment
+        .iter()
+        .filter(|decision| decision.action == Action::KillProcess)
+        .collect();
+    assert_eq!(kills.len(), 2, "the order and the report: {kills:#?}");
+    assert!(
+        matches!(kills[0].outcome, ContainmentOutcome::Ordered { .. }),
+        "the first kill decision is the order: {:#?}",
+        kills[0]
+    );
+    let ContainmentOutcome::Acted { detail } = &kills[1].outcome else {
+        panic!("the kill was not recorded as acted: {:#?}", kills[1]);
+    };
+    assert!(
+        detail.contains(&format!("SIGKILL to pid {pid} ")),
+        "detail of the kill: {detail}"
+    );
+    assert_eq!(kills[1].mode, Mode::Enforce, "mode of the kill");
+
+    let messages = log_messages(&agent_log);
+    assert!(
+        messages
+            .iter()
+            .any(|message| message == "killed the process on the detector's order"),
+        "the agent did not log the kill; {logs}"
+    );
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "tokenguard_orders_total{result=\"killed\"}"),
+        Some(1),
+        "kills counted by the agent:\n{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "tokenguard_action_reports_sent_total"),
+        Some(1),
+        "reports the detector received:\n{metrics}"
     );
 }
