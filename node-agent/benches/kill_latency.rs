@@ -1,0 +1,500 @@
+//! Latency of a kill order, from an unfamiliar process's `open()` of a pod's
+//! token to that process's death by SIGKILL. Run it with
+//! `bench/kill-latency.sh`, as root.
+//!
+//! The path measured is the whole chain on this machine. It runs through the
+//! kernel probe, the agent's pipeline and the signed POST to the detector
+//! under cargo-lambda's emulator. Then come the detector's DynamoDB and SNS
+//! calls to moto, the kill order in the response, and the agent's pidfd kill. Each run starts a new reader,
+//! a hard link to this binary under a new name, so the detector finds a new
+//! process in the workload and raises a new finding each time.
+//!
+//! The reader takes `CLOCK_MONOTONIC` just before it opens the token and
+//! prints it. The harness takes it again when `waitpid` returns the reader's
+//! exit, so the latency includes the harness's wake-up, a few microseconds.
+//!
+//! Runs start `--gap-ms` apart after the kill, 500 ms by default. That is
+//! longer than the agent waits before it sends a report alone, so no report
+//! rides on the next run's POST. A report that does ride on it is recorded by
+//! the detector before it answers, which adds its DynamoDB calls to that
+//! run's kill.
+//!
+//! With `--stub`, a local server in place of the detector answers each event
+//! at once with an order to kill its reader. That times the agent's share of
+//! the path alone.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::process::{Pid, Signal, kill_process};
+use rustix::time::{ClockId, clock_gettime};
+use sha2::{Digest, Sha256};
+use tokenguard_e2e::detector::{DetectorStack, StackOptions};
+use tokenguard_e2e::fixtures::{NODE, irsa_pod_on};
+use tokenguard_e2e::kube_api::KubeApi;
+use tokenguard_e2e::moto::{GuardedChild, REGION, log_dir};
+use tokenguard_schema::{AgentOrder, Batch, BatchResponse, Outcome, SCHEMA_VERSION};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_tokenguard-agent");
+/// Mount point of the IRSA token in pod-sandbox.sh's mount namespace.
+const TOKEN: &str = "/run/secrets/eks.amazonaws.com/serviceaccount/token";
+/// Namespace of the fixture pod, set to enforce mode.
+const NAMESPACE: &str = "payments";
+/// First argument that turns this binary into a reader of the token.
+const READER_FLAG: &str = "--read-token";
+/// Runs before the measured ones, so that each function instance of the
+/// emulator has had its cold start.
+const WARMUP_RUNS: usize = 4;
+const DEFAULT_RUNS: usize = 100;
+const DEFAULT_GAP: Duration = Duration::from_millis(500);
+/// Maximum wait for one reader to be killed.
+const KILL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Maximum wait for the agent to start and for the familiar read to be learned.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(READER_FLAG) {
+        read_token(&args[1]);
+    }
+    let options = parse_args(&args).unwrap_or_else(|message| {
+        eprintln!("kill-latency: {message}");
+        std::process::exit(2);
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench(&options));
+}
+
+/// Command-line options of the benchmark.
+struct Options {
+    /// Measured runs, after [`WARMUP_RUNS`].
+    runs: usize,
+    /// Pause between a kill and the next run.
+    gap: Duration,
+    /// Whether a stub replaces the detector.
+    stub: bool,
+}
+
+/// Reads `--runs N`, `--gap-ms N` and `--stub`, ignoring the `--bench` flag
+/// that cargo adds.
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        runs: DEFAULT_RUNS,
+        gap: DEFAULT_GAP,
+        stub: false,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--stub" => options.stub = true,
+            "--runs" => {
+                let value = args.next().ok_or("missing value after --runs")?;
+                options.runs =
+                    value.parse().ok().filter(|runs| *runs > 0).ok_or_else(|| {
+                        format!("invalid --runs {value:?}: expected a count above 0")
+                    })?;
+            }
+            "--gap-ms" => {
+                let value = args.next().ok_or("missing value after --gap-ms")?;
+                let millis = value.parse().map_err(|_| {
+                    format!("invalid --gap-ms {value:?}: expected milliseconds, such as 500")
+                })?;
+                options.gap = Duration::from_millis(millis);
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}: expected --runs N, --gap-ms N or --stub"
+                ));
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// Prints the monotonic time in nanoseconds, opens `path` and waits to be
+/// killed.
+fn read_token(path: &str) -> ! {
+    let before = monotonic_ns();
+    let token = fs::File::open(path);
+    let mut stdout = std::io::stdout();
+    match token {
+        Ok(_) => {
+            let _ = writeln!(stdout, "{before}");
+        }
+        Err(error) => {
+            let _ = writeln!(stdout, "failed to open {path}: {error}");
+        }
+    }
+    let _ = stdout.flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let now = clock_gettime(ClockId::Monotonic);
+    let nanos = i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec);
+    u64::try_from(nanos).unwrap_or(0)
+}
+
+async fn bench(options: &Options) {
+    let runs = options.runs;
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "run as root: the agent loads eBPF programs and the sandbox makes a cgroup"
+    );
+    let _lock = kernel_tests_lock();
+    let seed = format!("{}-{:?}", std::process::id(), SystemTime::now());
+    let digest = hex::encode(Sha256::digest(format!("kill-latency-{seed}")));
+    let cluster = format!("bench-{}", &digest[32..44]);
+    let pod_uid = format!(
+        "{}-{}-{}-{}-{}",
+        &digest[0..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    );
+    let container_id = hex::encode(Sha256::digest(format!("container-{seed}")));
+
+    let detector = if options.stub {
+        eprintln!("kill-latency: starting a stub detector that orders every reader killed");
+        Detector::Stub(start_stub().await)
+    } else {
+        eprintln!("kill-latency: starting moto and the detector under the emulator");
+        Detector::Emulator(Box::new(start_stack(runs).await))
+    };
+    let kube = KubeApi::start()
+        .await
+        .expect("the Kubernetes API stand-in starts");
+    kube.add_pod(irsa_pod_on(NODE, &pod_uid, &container_id));
+
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kill-latency-{cluster}"));
+    fs::create_dir_all(&work).unwrap();
+    let kubeconfig = work.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).unwrap();
+    let sandbox = Sandbox {
+        kubelet_root: work.join("kubelet"),
+        pod_uid,
+        container_id,
+    };
+    check(
+        &sandbox.script("setup").output().unwrap(),
+        "pod-sandbox.sh setup",
+    );
+
+    let agent_log = log_dir().join(format!("agent-{cluster}.log"));
+    let mut command = Command::new(AGENT);
+    command
+        .args(["--sink", &detector.url()])
+        .args(["--cluster", &cluster])
+        .args(["--node-name", NODE])
+        .arg("--kubelet-root")
+        .arg(&sandbox.kubelet_root)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--region", REGION])
+        .envs(detector.client_env())
+        .env("RUST_LOG", "info");
+    let agent = GuardedChild::spawn("tokenguard-agent", &command, &agent_log)
+        .expect("tokenguard-agent starts");
+    wait_for(START_TIMEOUT, "the agent to watch pods", || {
+        fs::read_to_string(&agent_log).is_ok_and(|log| log.contains("watching pods of this node"))
+    });
+    if let Detector::Emulator(stack) = &detector {
+        learn_familiar_reader(stack, &sandbox, &work, &cluster).await;
+    }
+
+    let detector_log = match &detector {
+        Detector::Emulator(stack) => stack.emulator().log().display().to_string(),
+        Detector::Stub(_) => "-".to_owned(),
+    };
+    let this = std::env::current_exe().unwrap();
+    let mut latencies = Vec::new();
+    for run in 0..WARMUP_RUNS + runs {
+        let reader = work.join(format!("reader-{run}"));
+        fs::hard_link(&this, &reader).unwrap();
+        let latency = tokio::task::block_in_place(|| kill_latency(&sandbox, &reader));
+        let latency = latency.unwrap_or_else(|message| {
+            panic!(
+                "run {run}: {message}; agent log {}, detector log {detector_log}",
+                agent_log.display()
+            )
+        });
+        if run >= WARMUP_RUNS {
+            latencies.push(latency);
+        }
+        tokio::time::sleep(options.gap).await;
+    }
+
+    drop(agent);
+    let teardown = sandbox.script("teardown").output().unwrap();
+    check(&teardown, "pod-sandbox.sh teardown");
+    let _ = fs::remove_dir_all(&work);
+    report(&mut latencies, options.gap);
+}
+
+/// Starts the detector under the emulator, with the fixture pod's namespace
+/// in enforce mode and a containment budget above the runs.
+async fn start_stack(runs: usize) -> DetectorStack {
+    let budget = (runs + WARMUP_RUNS + 10).to_string();
+    DetectorStack::start_with(StackOptions {
+        learning_period: "0s".to_owned(),
+        extra_env: vec![
+            (
+                "TOKENGUARD_CONTAINMENT_MODES",
+                format!("{NAMESPACE}=enforce"),
+            ),
+            ("TOKENGUARD_CONTAINMENT_RATE_LIMIT", budget),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the detector stack starts")
+}
+
+/// Has the workload's own process read the token and waits until the
+/// detector learned it. The first reader of a workload is learned silently,
+/// so the readers after it are unfamiliar.
+async fn learn_familiar_reader(
+    stack: &DetectorStack,
+    sandbox: &Sandbox,
+    work: &Path,
+    cluster: &str,
+) {
+    let familiar = work.join("payments-api");
+    fs::copy("/bin/cat", &familiar).unwrap();
+    check(
+        &sandbox.exec(&familiar, &[TOKEN]).output().unwrap(),
+        "the familiar read",
+    );
+    let familiar_exe = familiar.to_str().unwrap().to_owned();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let values = stack.baseline_values(cluster).await.unwrap();
+        if values.iter().any(|value| value.exe == familiar_exe) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the detector did not learn {familiar_exe}; detector log {}",
+            stack.emulator().log().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Destination of the agent's events.
+enum Detector {
+    /// Boxed, because the stack is large beside the stub.
+    Emulator(Box<DetectorStack>),
+    /// Address of the stub server.
+    Stub(SocketAddr),
+}
+
+impl Detector {
+    fn url(&self) -> String {
+        match self {
+            Detector::Emulator(stack) => stack.function_url(),
+            Detector::Stub(address) => format!("http://{address}/"),
+        }
+    }
+
+    /// Environment of the agent: fake credentials to sign with, and no
+    /// instance metadata lookups.
+    fn client_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Detector::Emulator(stack) => stack.moto().client_env(),
+            Detector::Stub(_) => vec![
+                ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+                ("AWS_REGION", REGION.to_owned()),
+                ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            ],
+        }
+    }
+}
+
+/// Starts a server on 127.0.0.1 that accepts every event of a batch and
+/// orders its reader killed, and returns its address.
+async fn start_stub() -> SocketAddr {
+    async fn respond(body: axum::body::Bytes) -> axum::response::Response {
+        use axum::response::IntoResponse;
+
+        let Ok(batch) = serde_json::from_slice::<Batch>(&body) else {
+            return (axum::http::StatusCode::BAD_REQUEST, "invalid batch").into_response();
+        };
+        let outcomes = batch
+            .events
+            .iter()
+            .map(|event| {
+                let finding_id = format!("tg-stub-{}", event.process.pid);
+                let mut outcome = Outcome::accepted(&event.event_id, Some(finding_id));
+                outcome.order = Some(AgentOrder::Kill {
+                    pid: event.process.pid,
+                    start_time: event.process.start_time,
+                });
+                outcome
+            })
+            .collect();
+        let response = BatchResponse {
+            schema: SCHEMA_VERSION,
+            outcomes,
+        };
+        axum::Json(response).into_response()
+    }
+
+    let app = axum::Router::new().route("/", axum::routing::post(respond));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+/// Starts `reader` in the pod and returns the time from its open of the
+/// token to its death by SIGKILL.
+fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
+    let mut command = sandbox.exec(reader, &[READER_FLAG, TOKEN]);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("failed to start {}: {error}", reader.display()))?;
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+
+    // A thread blocked in waitpid notices the exit at once, without polling
+    // for CPU time that the agent and the detector need.
+    let (sender, receiver) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = sender.send((status, monotonic_ns()));
+    });
+
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    let opened_at = match read {
+        Ok(_) => line.trim().parse::<u64>().ok(),
+        Err(_) => None,
+    };
+    let exit = receiver.recv_timeout(KILL_TIMEOUT);
+    if exit.is_err() {
+        // The child is not reaped yet, so its pid is still its own.
+        let raw_pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        if let Some(raw_pid) = raw_pid {
+            let _ = kill_process(raw_pid, Signal::KILL);
+        }
+    }
+    let _ = waiter.join();
+
+    let Ok((status, exited_at)) = exit else {
+        return Err(format!(
+            "reader {pid} was not killed within {}s",
+            KILL_TIMEOUT.as_secs()
+        ));
+    };
+    let status = status.map_err(|error| format!("failed to wait for reader {pid}: {error}"))?;
+    if status.signal() != Some(libc::SIGKILL) {
+        return Err(format!("reader {pid} ended with {status}, not by SIGKILL"));
+    }
+    let opened_at = opened_at
+        .ok_or_else(|| format!("reader {pid} printed {line:?}, expected the time of its open"))?;
+    Ok(Duration::from_nanos(exited_at.saturating_sub(opened_at)))
+}
+
+/// Prints the nearest-rank percentiles of `latencies` in milliseconds.
+fn report(latencies: &mut [Duration], gap: Duration) {
+    latencies.sort();
+    let count = latencies.len();
+    let rank = |percent: usize| latencies[(count * percent).div_ceil(100).max(1) - 1];
+    let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    let mean = latencies.iter().sum::<Duration>() / u32::try_from(count).unwrap_or(u32::MAX);
+    println!(
+        "open() to SIGKILL over {count} runs ({WARMUP_RUNS} warm-up runs left out, \
+         {} ms apart): min {:.1} ms, p50 {:.1} ms, mean {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        gap.as_millis(),
+        millis(latencies[0]),
+        millis(rank(50)),
+        millis(mean),
+        millis(rank(90)),
+        millis(rank(99)),
+        millis(latencies[count - 1]),
+    );
+}
+
+/// A pod laid out by `scripts/pod-sandbox.sh`.
+struct Sandbox {
+    kubelet_root: PathBuf,
+    pod_uid: String,
+    container_id: String,
+}
+
+impl Sandbox {
+    fn script(&self, action: &str) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pod-sandbox.sh");
+        let mut command = Command::new(script);
+        command
+            .arg(action)
+            .arg(&self.kubelet_root)
+            .arg(&self.pod_uid)
+            .arg(&self.container_id);
+        command
+    }
+
+    /// Builds the command that runs `program args` in the pod.
+    fn exec(&self, program: &Path, args: &[&str]) -> Command {
+        let mut command = self.script("exec");
+        command
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+fn check(output: &Output, step: &str) {
+    assert!(
+        output.status.success(),
+        "{step} failed with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn wait_for(timeout: Duration, awaited: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !probe() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {}s waiting for {awaited}",
+            timeout.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Takes the lock of the kernel tests exclusively, so that no test's token
+/// opens reach this agent during the runs.
+fn kernel_tests_lock() -> fs::File {
+    let path = std::env::temp_dir().join("tokenguard-kernel-tests.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|error| panic!("failed to open lock file {}: {error}", path.display()));
+    file.lock()
+        .unwrap_or_else(|error| panic!("failed to lock {}: {error}", path.display()));
+    file
+}
