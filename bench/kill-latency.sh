@@ -15,7 +15,13 @@
 # With --stub, a local stub in place of the detector orders every reader
 # killed at once, which times the agent's share of the path alone.
 #
-#   bench/kill-latency.sh [RUNS] [--gap-ms=MILLISECONDS] [--stub]
+# With --delete, the detector orders no kill and deletes the reader's pod
+# through a TLS stand-in of the Kubernetes API instead, and the script times
+# from the open() to the DELETE's arrival at the stand-in. Each run then has
+# a new pod, added to the stand-ins of both the agent and the detector, and
+# the gap runs between the pod's creation and its reader's start.
+#
+#   bench/kill-latency.sh [RUNS] [--gap-ms=MILLISECONDS] [--stub | --delete]
 #
 # Needs root, and without --stub the Python environment of scripts/setup.sh
 # (moto and cargo-lambda). RUNS defaults to 100, after 4 warm-up runs. It prints the
@@ -25,11 +31,17 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs=100
-stub=()
+mode=()
 gap=()
 for arg in "$@"; do
     case "$arg" in
-    --stub) stub=(--stub) ;;
+    --stub | --delete)
+        if ((${#mode[@]})); then
+            echo "kill-latency: --stub and --delete cannot be combined: pass one" >&2
+            exit 2
+        fi
+        mode=("$arg")
+        ;;
     --gap-ms=*)
         millis=${arg#--gap-ms=}
         if [[ ! $millis =~ ^[0-9]+$ ]]; then
@@ -39,7 +51,7 @@ for arg in "$@"; do
         gap=(--gap-ms "$millis")
         ;;
     *[!0-9]* | '' | 0*)
-        echo "kill-latency: invalid argument \"$arg\": expected a count of runs above 0, --gap-ms=N or --stub" >&2
+        echo "kill-latency: invalid argument \"$arg\": expected a count of runs above 0, --gap-ms=N, --stub or --delete" >&2
         exit 2
         ;;
     *) runs="$arg" ;;
@@ -50,10 +62,10 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 venv="${TOKENGUARD_VENV:-$root/.venv}"
-if ((${#stub[@]} == 0)) && [[ ! -x "$venv/bin/cargo-lambda" || ! -x "$venv/bin/moto_server" ]]; then
+if [[ ${mode[*]-} != --stub ]] && [[ ! -x "$venv/bin/cargo-lambda" || ! -x "$venv/bin/moto_server" ]]; then
     echo "kill-latency: missing cargo-lambda or moto_server in $venv: run scripts/setup.sh" >&2
     exit 1
 fi
 
 cd "$root"
-cargo bench --quiet -p tokenguard-agent --bench kill_latency -- --runs "$runs" "${gap[@]}" "${stub[@]}"
+cargo bench --quiet -p tokenguard-agent --bench kill_latency -- --runs "$runs" "${gap[@]}" "${mode[@]}"

@@ -1,5 +1,6 @@
-//! Latency of a kill order, from an unfamiliar process's `open()` of a pod's
-//! token to that process's death by SIGKILL. Run it with
+//! Latency of containment, from an unfamiliar process's `open()` of a pod's
+//! token to that process's death by SIGKILL or, with `--delete`, to the
+//! DELETE of its pod reaching the Kubernetes API. Run it with
 //! `bench/kill-latency.sh`, as root.
 //!
 //! The path measured is the whole chain on this machine. It runs through the
@@ -22,7 +23,23 @@
 //! With `--stub`, a local server in place of the detector answers each event
 //! at once with an order to kill its reader. That times the agent's share of
 //! the path alone.
+//!
+//! With `--delete`, the detector orders no kill and deletes the reader's pod
+//! instead, through the TLS stand-in of the Kubernetes API, after it reads
+//! the pod, its ReplicaSet and the ReplicaSet's Deployment. The detector
+//! sends the DELETE before it records the decision on the finding, publishes
+//! the alert and responds to the agent, so those are not timed. The stand-in
+//! marks a deleted pod with a `deletionTimestamp`, and the detector skips a
+//! pod that is already being deleted, so each run has a new pod of the
+//! ReplicaSet with a new uid, name and sandbox. The pod is added to both
+//! stand-ins, the agent's pod watch and the detector's API, and the run waits
+//! `--gap-ms` before its reader starts, so the agent knows the pod by then. A
+//! run ends when the DELETE arrives at the stand-in, which stamps it with an
+//! `Instant` that the harness converts to `CLOCK_MONOTONIC`. The harness then
+//! kills the reader and removes the pod from both stand-ins, as the kubelet
+//! does at the end of the grace period.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -34,11 +51,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustix::process::{Pid, Signal, kill_process};
 use rustix::time::{ClockId, clock_gettime};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokenguard_e2e::detector::{DetectorStack, StackOptions};
 use tokenguard_e2e::fixtures::{NODE, irsa_pod_on};
 use tokenguard_e2e::kube_api::KubeApi;
-use tokenguard_e2e::moto::{GuardedChild, REGION, log_dir};
+use tokenguard_e2e::kube_tls::{KubeTls, Resource};
+use tokenguard_e2e::moto::{FAKE_KEY, GuardedChild, REGION, log_dir};
 use tokenguard_schema::{AgentOrder, Batch, BatchResponse, Outcome, SCHEMA_VERSION};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_tokenguard-agent");
@@ -46,6 +65,11 @@ const AGENT: &str = env!("CARGO_BIN_EXE_tokenguard-agent");
 const TOKEN: &str = "/run/secrets/eks.amazonaws.com/serviceaccount/token";
 /// Namespace of the fixture pod, set to enforce mode.
 const NAMESPACE: &str = "payments";
+/// The fixture pod's controller, and the Deployment above it.
+const REPLICA_SET: &str = "payments-api-6d8f7b9c5";
+const DEPLOYMENT: &str = "payments-api";
+/// Characters of the random suffix in the names of a ReplicaSet's pods.
+const POD_NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// First argument that turns this binary into a reader of the token.
 const READER_FLAG: &str = "--read-token";
 /// Runs before the measured ones, so that each function instance of the
@@ -53,8 +77,12 @@ const READER_FLAG: &str = "--read-token";
 const WARMUP_RUNS: usize = 4;
 const DEFAULT_RUNS: usize = 100;
 const DEFAULT_GAP: Duration = Duration::from_millis(500);
-/// Maximum wait for one reader to be killed.
-const KILL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Maximum wait for one reader to be killed or for its pod's DELETE.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two looks at the requests that reached the API stand-in.
+/// The stand-in stamps each request as it arrives, so this does not change
+/// the measured time.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Maximum wait for the agent to start and for the familiar read to be learned.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -72,32 +100,56 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(bench(&options));
+    // The TLS stand-in of the Kubernetes API runs on a runtime of its own,
+    // which outlives the measuring code, so that the harness's blocking
+    // waits do not hold up the stamp it puts on an arriving DELETE.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench(&options, servers.handle()));
 }
 
 /// Command-line options of the benchmark.
 struct Options {
     /// Measured runs, after [`WARMUP_RUNS`].
     runs: usize,
-    /// Pause between a kill and the next run.
+    /// Pause between a kill and the next run, or in delete mode between a
+    /// pod's creation and its reader's start.
     gap: Duration,
-    /// Whether a stub replaces the detector.
-    stub: bool,
+    mode: Mode,
 }
 
-/// Reads `--runs N`, `--gap-ms N` and `--stub`, ignoring the `--bench` flag
-/// that cargo adds.
+/// What responds to the agent's POSTs, and what ends a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The detector orders the reader killed, and the run ends at its death.
+    Kill,
+    /// A stub in place of the detector orders the reader killed.
+    Stub,
+    /// The detector deletes the reader's pod, and the run ends when the
+    /// DELETE arrives at the Kubernetes API stand-in.
+    Delete,
+}
+
+/// Reads `--runs N`, `--gap-ms N`, `--stub` and `--delete`, ignoring the
+/// `--bench` flag that cargo adds.
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         runs: DEFAULT_RUNS,
         gap: DEFAULT_GAP,
-        stub: false,
+        mode: Mode::Kill,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {}
-            "--stub" => options.stub = true,
+            "--stub" | "--delete" if options.mode != Mode::Kill => {
+                return Err("--stub and --delete cannot be combined: pass one".to_owned());
+            }
+            "--stub" => options.mode = Mode::Stub,
+            "--delete" => options.mode = Mode::Delete,
             "--runs" => {
                 let value = args.next().ok_or("missing value after --runs")?;
                 options.runs =
@@ -114,7 +166,8 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}: expected --runs N, --gap-ms N or --stub"
+                    "unknown argument {other:?}: expected --runs N, --gap-ms N, --stub or \
+                     --delete"
                 ));
             }
         }
@@ -148,7 +201,31 @@ fn monotonic_ns() -> u64 {
     u64::try_from(nanos).unwrap_or(0)
 }
 
-async fn bench(options: &Options) {
+/// Converts `instant` to nanoseconds of `CLOCK_MONOTONIC`, the clock of
+/// [`monotonic_ns`]. On Linux `Instant::now` reads `CLOCK_MONOTONIC` too, as
+/// the Rust standard library documents, so both count from the same origin.
+/// The conversion subtracts the age of `instant` from a reading of the clock
+/// taken right after, so it is late by the time between the two readings,
+/// well under a microsecond.
+fn monotonic_ns_at(instant: Instant) -> u64 {
+    let age = instant.elapsed();
+    let now = monotonic_ns();
+    now.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Formats the first 32 hex digits of `digest` as a pod uid.
+fn pod_uid(digest: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &digest[0..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    )
+}
+
+async fn bench(options: &Options, servers: &tokio::runtime::Handle) {
     let runs = options.runs;
     assert!(
         rustix::process::geteuid().is_root(),
@@ -158,30 +235,33 @@ async fn bench(options: &Options) {
     let seed = format!("{}-{:?}", std::process::id(), SystemTime::now());
     let digest = hex::encode(Sha256::digest(format!("kill-latency-{seed}")));
     let cluster = format!("bench-{}", &digest[32..44]);
-    let pod_uid = format!(
-        "{}-{}-{}-{}-{}",
-        &digest[0..8],
-        &digest[8..12],
-        &digest[12..16],
-        &digest[16..20],
-        &digest[20..32]
-    );
+    let pod_uid = pod_uid(&digest);
     let container_id = hex::encode(Sha256::digest(format!("container-{seed}")));
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kill-latency-{cluster}"));
+    fs::create_dir_all(&work).unwrap();
 
-    let detector = if options.stub {
-        eprintln!("kill-latency: starting a stub detector that orders every reader killed");
-        Detector::Stub(start_stub().await)
-    } else {
-        eprintln!("kill-latency: starting moto and the detector under the emulator");
-        Detector::Emulator(Box::new(start_stack(runs).await))
+    let cluster_api = match options.mode {
+        Mode::Delete => Some(start_cluster_api(servers, &cluster).await),
+        Mode::Kill | Mode::Stub => None,
+    };
+    let detector = match options.mode {
+        Mode::Stub => {
+            eprintln!("kill-latency: starting a stub detector that orders every reader killed");
+            Detector::Stub(start_stub().await)
+        }
+        Mode::Kill | Mode::Delete => {
+            eprintln!("kill-latency: starting moto and the detector under the emulator");
+            let endpoint = cluster_api
+                .as_ref()
+                .map(|api| kubernetes_endpoint(api, &cluster, &work.join("kube-ca.pem")));
+            Detector::Emulator(Box::new(start_stack(runs, endpoint).await))
+        }
     };
     let kube = KubeApi::start()
         .await
         .expect("the Kubernetes API stand-in starts");
     kube.add_pod(irsa_pod_on(NODE, &pod_uid, &container_id));
 
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kill-latency-{cluster}"));
-    fs::create_dir_all(&work).unwrap();
     let kubeconfig = work.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig).unwrap();
     let sandbox = Sandbox {
@@ -225,7 +305,22 @@ async fn bench(options: &Options) {
     for run in 0..WARMUP_RUNS + runs {
         let reader = work.join(format!("reader-{run}"));
         fs::hard_link(&this, &reader).unwrap();
-        let latency = tokio::task::block_in_place(|| kill_latency(&sandbox, &reader));
+        let latency = match &cluster_api {
+            None => {
+                let latency = tokio::task::block_in_place(|| kill_latency(&sandbox, &reader));
+                tokio::time::sleep(options.gap).await;
+                latency
+            }
+            Some(api) => {
+                let pod = RunPod::add(&seed, run, &sandbox.kubelet_root, &kube, api);
+                tokio::time::sleep(options.gap).await;
+                let latency = tokio::task::block_in_place(|| {
+                    delete_latency(&pod.sandbox, &reader, api, &pod.name)
+                });
+                pod.remove(&kube, api);
+                latency
+            }
+        };
         let latency = latency.unwrap_or_else(|message| {
             panic!(
                 "run {run}: {message}; agent log {}, detector log {detector_log}",
@@ -235,33 +330,161 @@ async fn bench(options: &Options) {
         if run >= WARMUP_RUNS {
             latencies.push(latency);
         }
-        tokio::time::sleep(options.gap).await;
     }
 
     drop(agent);
     let teardown = sandbox.script("teardown").output().unwrap();
     check(&teardown, "pod-sandbox.sh teardown");
     let _ = fs::remove_dir_all(&work);
-    report(&mut latencies, options.gap);
+    report(&mut latencies, options);
+    if let Some(api) = &cluster_api {
+        report_api_requests(api, WARMUP_RUNS + runs);
+    }
 }
 
 /// Starts the detector under the emulator, with the fixture pod's namespace
-/// in enforce mode and a containment budget above the runs.
-async fn start_stack(runs: usize) -> DetectorStack {
+/// in enforce mode and a containment budget above the runs, since each kill
+/// or delete takes one action from the cluster's hourly budget.
+///
+/// With `endpoint`, a `TOKENGUARD_KUBERNETES_ENDPOINTS` entry, the detector
+/// deletes the pod of each unfamiliar reader through that API and orders no
+/// kill and no quarantine.
+async fn start_stack(runs: usize, endpoint: Option<String>) -> DetectorStack {
     let budget = (runs + WARMUP_RUNS + 10).to_string();
+    let mut extra_env = vec![
+        (
+            "TOKENGUARD_CONTAINMENT_MODES",
+            format!("{NAMESPACE}=enforce"),
+        ),
+        ("TOKENGUARD_CONTAINMENT_RATE_LIMIT", budget),
+    ];
+    if let Some(endpoint) = endpoint {
+        extra_env.extend([
+            (
+                "TOKENGUARD_CONTAINMENT_ACTIONS",
+                "kill=never,quarantine=never,delete=medium".to_owned(),
+            ),
+            ("TOKENGUARD_KUBERNETES_ENDPOINTS", endpoint),
+        ]);
+    }
     DetectorStack::start_with(StackOptions {
         learning_period: "0s".to_owned(),
-        extra_env: vec![
-            (
-                "TOKENGUARD_CONTAINMENT_MODES",
-                format!("{NAMESPACE}=enforce"),
-            ),
-            ("TOKENGUARD_CONTAINMENT_RATE_LIMIT", budget),
-        ],
+        extra_env,
         ..StackOptions::default()
     })
     .await
     .expect("the detector stack starts")
+}
+
+/// Writes the CA of `api` to `ca_file` and returns the
+/// `TOKENGUARD_KUBERNETES_ENDPOINTS` entry that points `cluster` at `api`.
+fn kubernetes_endpoint(api: &KubeTls, cluster: &str, ca_file: &Path) -> String {
+    fs::write(ca_file, api.ca_pem()).unwrap_or_else(|error| {
+        panic!("failed to write the CA file {}: {error}", ca_file.display())
+    });
+    format!("{cluster}={}|{}", api.url(), ca_file.display())
+}
+
+/// Starts the TLS stand-in of the Kubernetes API on `servers`. It checks
+/// that the detector's tokens are signed for `cluster` with the fake key,
+/// grants what containment needs in [`NAMESPACE`] and serves the fixture
+/// pod's ReplicaSet and Deployment. Both report 3 ready pods, so deleting
+/// one leaves more than the detector's default minimum of 1 ready pod.
+async fn start_cluster_api(servers: &tokio::runtime::Handle, cluster: &str) -> KubeTls {
+    let kube = servers
+        .spawn(KubeTls::start())
+        .await
+        .expect("the API stand-in task runs")
+        .expect("the API stand-in starts");
+    kube.verify_signatures(cluster, FAKE_KEY, FAKE_KEY);
+    kube.grant_containment(NAMESPACE);
+    kube.add(
+        Resource::ReplicaSets,
+        json!({
+            "metadata": {
+                "name": REPLICA_SET,
+                "namespace": NAMESPACE,
+                "uid": "5e0c2f1a-8b7d-4c3e-9a6f-1d2e3f4a5b6c",
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT,
+                    "uid": "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a", "controller": true,
+                    "blockOwnerDeletion": true
+                }]
+            },
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": DEPLOYMENT}}
+            },
+            "status": {"replicas": 3, "readyReplicas": 3}
+        }),
+    );
+    kube.add(
+        Resource::Deployments,
+        json!({
+            "metadata": {
+                "name": DEPLOYMENT,
+                "namespace": NAMESPACE,
+                "uid": "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"
+            },
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": DEPLOYMENT}}
+            },
+            "status": {"replicas": 3, "readyReplicas": 3}
+        }),
+    );
+    kube
+}
+
+/// A pod of the fixture's ReplicaSet that one run of delete mode reads the
+/// token in and deletes.
+struct RunPod {
+    name: String,
+    sandbox: Sandbox,
+}
+
+impl RunPod {
+    /// Adds pod `run` to the agent's pod-watch stand-in `pods` and to the
+    /// detector's API stand-in `api`, with a new uid, name and container id
+    /// on the agent's node, and lays out its sandbox under `kubelet_root`.
+    fn add(seed: &str, run: usize, kubelet_root: &Path, pods: &KubeApi, api: &KubeTls) -> RunPod {
+        let digest = Sha256::digest(format!("pod-{seed}-{run}"));
+        let suffix: String = digest[..5]
+            .iter()
+            .map(|byte| {
+                let index = usize::from(*byte) % POD_NAME_ALPHABET.len();
+                char::from(POD_NAME_ALPHABET[index])
+            })
+            .collect();
+        let name = format!("{REPLICA_SET}-{suffix}");
+        let sandbox = Sandbox {
+            kubelet_root: kubelet_root.to_owned(),
+            pod_uid: pod_uid(&hex::encode(digest)),
+            container_id: hex::encode(Sha256::digest(format!("container-{seed}-{run}"))),
+        };
+
+        let mut pod = irsa_pod_on(NODE, &sandbox.pod_uid, &sandbox.container_id);
+        pod["metadata"]["name"] = Value::from(name.as_str());
+        pods.add_pod(pod.clone());
+        api.add_pod(pod);
+        check(
+            &sandbox.script("setup").output().unwrap(),
+            "pod-sandbox.sh setup",
+        );
+        RunPod { name, sandbox }
+    }
+
+    /// Removes the pod from both stand-ins, as the kubelet does at the end
+    /// of the grace period, and tears down its sandbox. Its reader must have
+    /// exited, so that the sandbox's cgroup is empty.
+    fn remove(self, pods: &KubeApi, api: &KubeTls) {
+        pods.delete_pod(&self.sandbox.pod_uid);
+        api.remove(Resource::Pods, NAMESPACE, &self.name);
+        check(
+            &self.sandbox.script("teardown").output().unwrap(),
+            "pod-sandbox.sh teardown",
+        );
+    }
 }
 
 /// Has the workload's own process read the token and waits until the
@@ -387,7 +610,7 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
         Ok(_) => line.trim().parse::<u64>().ok(),
         Err(_) => None,
     };
-    let exit = receiver.recv_timeout(KILL_TIMEOUT);
+    let exit = receiver.recv_timeout(RUN_TIMEOUT);
     if exit.is_err() {
         // The child is not reaped yet, so its pid is still its own.
         let raw_pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
@@ -400,7 +623,7 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
     let Ok((status, exited_at)) = exit else {
         return Err(format!(
             "reader {pid} was not killed within {}s",
-            KILL_TIMEOUT.as_secs()
+            RUN_TIMEOUT.as_secs()
         ));
     };
     let status = status.map_err(|error| format!("failed to wait for reader {pid}: {error}"))?;
@@ -412,23 +635,136 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
     Ok(Duration::from_nanos(exited_at.saturating_sub(opened_at)))
 }
 
+/// Starts `reader` in the pod of `sandbox` and returns the time from its
+/// open of the token to the arrival of the DELETE of pod `pod` at `api`.
+/// The reader is killed before this returns.
+fn delete_latency(
+    sandbox: &Sandbox,
+    reader: &Path,
+    api: &KubeTls,
+    pod: &str,
+) -> Result<Duration, String> {
+    let mut command = sandbox.exec(reader, &[READER_FLAG, TOKEN]);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("failed to start {}: {error}", reader.display()))?;
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    let opened_at = match read {
+        Ok(_) => line.trim().parse::<u64>().ok(),
+        Err(_) => None,
+    };
+    let delete = match opened_at {
+        Some(_) => wait_for_delete(api, pod),
+        None => Err(format!(
+            "reader {pid} printed {line:?}, expected the time of its open"
+        )),
+    };
+    // The detector orders no kill in this mode, so the reader still runs
+    // unless it failed. It is this harness's child and not reaped yet, so
+    // its pid is still its own.
+    let running = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let received = delete?;
+    if !running {
+        return Err(format!(
+            "reader {pid} exited before the harness stopped it: expected no kill order with \
+             kill=never"
+        ));
+    }
+    let opened_at = opened_at.unwrap_or_default();
+    let deleted_at = monotonic_ns_at(received);
+    Ok(Duration::from_nanos(deleted_at.saturating_sub(opened_at)))
+}
+
+/// Waits until the stand-in has responded to the DELETE of pod `pod`, and
+/// returns when that DELETE arrived. A status other than 200 is an error.
+fn wait_for_delete(api: &KubeTls, pod: &str) -> Result<Instant, String> {
+    let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{pod}");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let delete = api
+            .requests()
+            .into_iter()
+            .find(|request| request.method == "DELETE" && request.path == path);
+        if let Some(request) = delete
+            && let Some(status) = request.status
+        {
+            if status != 200 {
+                return Err(format!(
+                    "the DELETE of pod {NAMESPACE}/{pod} returned HTTP {status}, expected 200"
+                ));
+            }
+            return Ok(request.received);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no DELETE of pod {NAMESPACE}/{pod} reached the API stand-in within {}s",
+                RUN_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// Prints the nearest-rank percentiles of `latencies` in milliseconds.
-fn report(latencies: &mut [Duration], gap: Duration) {
+fn report(latencies: &mut [Duration], options: &Options) {
     latencies.sort();
     let count = latencies.len();
     let rank = |percent: usize| latencies[(count * percent).div_ceil(100).max(1) - 1];
     let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
     let mean = latencies.iter().sum::<Duration>() / u32::try_from(count).unwrap_or(u32::MAX);
+    let (path, spacing) = match options.mode {
+        Mode::Kill | Mode::Stub => ("open() to SIGKILL", "after each kill"),
+        Mode::Delete => (
+            "open() to the pod's DELETE at the API stand-in",
+            "between each pod's creation and its reader",
+        ),
+    };
     println!(
-        "open() to SIGKILL over {count} runs ({WARMUP_RUNS} warm-up runs left out, \
-         {} ms apart): min {:.1} ms, p50 {:.1} ms, mean {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        gap.as_millis(),
+        "{path} over {count} runs ({WARMUP_RUNS} warm-up runs left out, \
+         {} ms {spacing}): min {:.1} ms, p50 {:.1} ms, mean {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        options.gap.as_millis(),
         millis(latencies[0]),
         millis(rank(50)),
         millis(mean),
         millis(rank(90)),
         millis(rank(99)),
         millis(latencies[count - 1]),
+    );
+}
+
+/// Prints how many requests of each method and resource reached the API
+/// stand-in, and how many it answered with 401, to show which calls the
+/// detector made before each DELETE.
+fn report_api_requests(api: &KubeTls, runs: usize) {
+    let requests = api.requests();
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for request in &requests {
+        // Paths end in `<resource>/<name>`, such as `pods/payments-api-…`.
+        let resource = request.path.rsplit('/').nth(1).unwrap_or("?");
+        *counts
+            .entry((request.method.clone(), resource.to_owned()))
+            .or_default() += 1;
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|((method, resource), count)| format!("{method} {resource} {count}"))
+        .collect();
+    let unauthorized = requests
+        .iter()
+        .filter(|request| request.status == Some(401))
+        .count();
+    println!(
+        "API stand-in requests over {runs} runs, warm-up runs included: {}; {unauthorized} \
+         answered 401",
+        counts.join(", ")
     );
 }
 
