@@ -39,7 +39,7 @@
 //! kills the reader and removes the pod from both stand-ins, as the kubelet
 //! does at the end of the grace period.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -56,7 +56,7 @@ use sha2::{Digest, Sha256};
 use tokenguard_e2e::detector::{DetectorStack, StackOptions};
 use tokenguard_e2e::fixtures::{NODE, irsa_pod_on};
 use tokenguard_e2e::kube_api::KubeApi;
-use tokenguard_e2e::kube_tls::{KubeTls, Resource};
+use tokenguard_e2e::kube_tls::{KubeTls, RecordedRequest, Resource};
 use tokenguard_e2e::moto::{FAKE_KEY, GuardedChild, REGION, log_dir};
 use tokenguard_schema::{AgentOrder, Batch, BatchResponse, Outcome, SCHEMA_VERSION};
 
@@ -717,7 +717,7 @@ fn wait_for_delete(api: &KubeTls, pod: &str) -> Result<Instant, String> {
 fn report(latencies: &mut [Duration], options: &Options) {
     latencies.sort();
     let count = latencies.len();
-    let rank = |percent: usize| latencies[(count * percent).div_ceil(100).max(1) - 1];
+    let rank = |percent: usize| nearest_rank(latencies, percent);
     let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
     let mean = latencies.iter().sum::<Duration>() / u32::try_from(count).unwrap_or(u32::MAX);
     let (path, spacing) = match options.mode {
@@ -741,8 +741,9 @@ fn report(latencies: &mut [Duration], options: &Options) {
 }
 
 /// Prints how many requests of each method and resource reached the API
-/// stand-in, and how many it answered with 401, to show which calls the
-/// detector made before each DELETE.
+/// stand-in and how many got a 401 response, which shows the calls the
+/// detector made before each DELETE. Then prints the percentiles of the
+/// time from a pod's first GET to its DELETE over the measured runs.
 fn report_api_requests(api: &KubeTls, runs: usize) {
     let requests = api.requests();
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -763,9 +764,56 @@ fn report_api_requests(api: &KubeTls, runs: usize) {
         .count();
     println!(
         "API stand-in requests over {runs} runs, warm-up runs included: {}; {unauthorized} \
-         answered 401",
+         got 401",
         counts.join(", ")
     );
+
+    let mut spans = pod_get_to_delete(&requests);
+    if spans.len() > WARMUP_RUNS {
+        let mut spans = spans.split_off(WARMUP_RUNS);
+        spans.sort();
+        let count = spans.len();
+        let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
+        println!(
+            "first GET of a pod to its DELETE, at the API stand-in, over {count} runs: \
+             p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            millis(nearest_rank(&spans, 50)),
+            millis(nearest_rank(&spans, 99)),
+            millis(spans[count - 1]),
+        );
+    }
+}
+
+/// Returns, for each DELETE of a pod in order of arrival, the time from the
+/// first GET of that pod to the DELETE. The span covers the detector's
+/// checks of the pod and its controllers and the budget update in moto.
+fn pod_get_to_delete(requests: &[RecordedRequest]) -> Vec<Duration> {
+    let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods/");
+    let mut first_get: HashMap<&str, Instant> = HashMap::new();
+    let mut spans = Vec::new();
+    for request in requests {
+        let Some(pod) = request.path.strip_prefix(&pods) else {
+            continue;
+        };
+        match request.method.as_str() {
+            "GET" => {
+                first_get.entry(pod).or_insert(request.received);
+            }
+            "DELETE" => {
+                if let Some(got) = first_get.get(pod) {
+                    spans.push(request.received.saturating_duration_since(*got));
+                }
+            }
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// Returns the nearest-rank `percent` percentile of `sorted`, which must not
+/// be empty.
+fn nearest_rank(sorted: &[Duration], percent: usize) -> Duration {
+    sorted[(sorted.len() * percent).div_ceil(100).max(1) - 1]
 }
 
 /// A pod laid out by `scripts/pod-sandbox.sh`.
