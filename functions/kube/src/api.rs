@@ -163,7 +163,69 @@ fn json_patch(operations: serde_json::Value) -> Patch<()> {
     Patch::Json(patch)
 }
 
+/// A workload controller whose replica counts containment checks.
+trait Replicated:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + k8s_openapi::serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    /// `spec.replicas` and `status.readyReplicas`, as the object has them.
+    fn counts(&self) -> (Option<i32>, Option<i32>);
+}
+
+impl Replicated for ReplicaSet {
+    fn counts(&self) -> (Option<i32>, Option<i32>) {
+        (
+            self.spec.as_ref().and_then(|spec| spec.replicas),
+            self.status
+                .as_ref()
+                .and_then(|status| status.ready_replicas),
+        )
+    }
+}
+
+impl Replicated for Deployment {
+    fn counts(&self) -> (Option<i32>, Option<i32>) {
+        (
+            self.spec.as_ref().and_then(|spec| spec.replicas),
+            self.status
+                .as_ref()
+                .and_then(|status| status.ready_replicas),
+        )
+    }
+}
+
+impl Replicated for StatefulSet {
+    fn counts(&self) -> (Option<i32>, Option<i32>) {
+        (
+            self.spec.as_ref().and_then(|spec| spec.replicas),
+            self.status
+                .as_ref()
+                .and_then(|status| status.ready_replicas),
+        )
+    }
+}
+
 impl EksClusters {
+    /// Reads controller `name` of type `T`; `None` when it does not exist.
+    async fn get_controller<T: Replicated>(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ControllerState>, ApiError> {
+        let object = self
+            .call(cluster, |client| async move {
+                Api::<T>::namespaced(client, namespace).get_opt(name).await
+            })
+            .await?;
+        Ok(object.map(|object| {
+            let (replicas, ready) = object.counts();
+            controller_state(object.meta(), replicas, ready)
+        }))
+    }
+
     /// Runs `call` with the cluster's client. A failure without an HTTP
     /// response drops the cached client and endpoint, and a 401 drops the
     /// client, so the next call signs a new token.
@@ -312,46 +374,16 @@ impl ClusterApi for EksClusters {
     ) -> Result<Option<ControllerState>, ApiError> {
         match kind {
             "ReplicaSet" => {
-                let set = self
-                    .call(cluster, |client| async move {
-                        Api::<ReplicaSet>::namespaced(client, namespace)
-                            .get_opt(name)
-                            .await
-                    })
-                    .await?;
-                Ok(set.map(|set| {
-                    let replicas = set.spec.as_ref().and_then(|spec| spec.replicas);
-                    let ready = set.status.as_ref().and_then(|s| s.ready_replicas);
-                    controller_state(&set.metadata, replicas, ready)
-                }))
+                self.get_controller::<ReplicaSet>(cluster, namespace, name)
+                    .await
             }
             "Deployment" => {
-                let deployment = self
-                    .call(cluster, |client| async move {
-                        Api::<Deployment>::namespaced(client, namespace)
-                            .get_opt(name)
-                            .await
-                    })
-                    .await?;
-                Ok(deployment.map(|deployment| {
-                    let replicas = deployment.spec.as_ref().and_then(|spec| spec.replicas);
-                    let ready = deployment.status.as_ref().and_then(|s| s.ready_replicas);
-                    controller_state(&deployment.metadata, replicas, ready)
-                }))
+                self.get_controller::<Deployment>(cluster, namespace, name)
+                    .await
             }
             "StatefulSet" => {
-                let set = self
-                    .call(cluster, |client| async move {
-                        Api::<StatefulSet>::namespaced(client, namespace)
-                            .get_opt(name)
-                            .await
-                    })
-                    .await?;
-                Ok(set.map(|set| {
-                    let replicas = set.spec.as_ref().and_then(|spec| spec.replicas);
-                    let ready = set.status.as_ref().and_then(|s| s.ready_replicas);
-                    controller_state(&set.metadata, replicas, ready)
-                }))
+                self.get_controller::<StatefulSet>(cluster, namespace, name)
+                    .await
             }
             other => Err(ApiError {
                 status: None,
