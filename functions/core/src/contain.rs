@@ -59,7 +59,7 @@ impl Action {
     }
 }
 
-/// What became of one action for one finding.
+/// Result of one action for one finding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ContainmentOutcome {
@@ -87,7 +87,7 @@ impl ContainmentOutcome {
         }
     }
 
-    /// The detail, reason or error.
+    /// Returns the detail, reason or error.
     pub fn text(&self) -> &str {
         match self {
             ContainmentOutcome::Acted { detail }
@@ -98,8 +98,8 @@ impl ContainmentOutcome {
         }
     }
 
-    /// Whether the action is settled, so a later rise in severity does not
-    /// decide it again. Skips are not settled: a skip for a low severity or
+    /// Returns whether the action is settled, so a later rise in severity
+    /// does not decide it again. Skips are not settled: a skip for a low severity or
     /// an exhausted budget may pass later.
     fn settled(&self) -> bool {
         !matches!(self, ContainmentOutcome::Skipped { .. })
@@ -227,7 +227,8 @@ impl RateLimiter for MemoryRateLimiter {
     }
 }
 
-/// The hour of `now` as the rate limit counts it: `2026-12-04T16`, UTC.
+/// Formats the hour of `now` as the rate limit counts it: `2026-12-04T16`,
+/// UTC.
 pub fn rate_limit_hour(now: DateTime<Utc>) -> String {
     now.format("%Y-%m-%dT%H").to_string()
 }
@@ -236,7 +237,7 @@ pub fn rate_limit_hour(now: DateTime<Utc>) -> String {
 /// killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// A read the agent just posted: the answer can tell it to kill.
+    /// A read the agent just posted, so the response can order a kill.
     AgentRead,
     /// A later event, such as a CloudTrail exchange, with no agent waiting.
     Escalation,
@@ -306,7 +307,7 @@ impl<K: ClusterApi, R: RateLimiter> Responder for Containment<K, R> {
     }
 }
 
-/// The latest decision recorded on `finding` for `action`.
+/// Returns the latest decision recorded on `finding` for `action`.
 pub fn latest_decision(finding: &Finding, action: Action) -> Option<&ContainmentDecision> {
     finding
         .containment

@@ -29,7 +29,7 @@ pub struct Batch {
     pub schema: u32,
     pub node: Node,
     pub events: Vec<TokenRead>,
-    /// What the agent did with the orders of earlier answers.
+    /// Results of the orders in earlier responses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reports: Vec<ActionReport>,
 }
@@ -52,10 +52,10 @@ pub enum AgentOrder {
     Kill { pid: u32, start_time: u64 },
 }
 
-/// What the agent did with an order, sent back in a later batch.
+/// Result of an order, sent back by the agent in a later batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionReport {
-    /// The finding whose answer carried the order.
+    /// The finding whose outcome carried the order.
     pub finding_id: String,
     pub order: AgentOrder,
     pub result: ActionResult,
@@ -233,7 +233,8 @@ pub struct Outcome {
     /// The finding this event raised, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finding_id: Option<String>,
-    /// What the agent must do now, for a finding in enforce mode.
+    /// Order for the agent that posted the event, for a finding in enforce
+    /// mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<AgentOrder>,
 }

@@ -17,7 +17,7 @@ pub struct OwnerReference {
     pub name: String,
 }
 
-/// What containment needs to know of a pod, from the Kubernetes API.
+/// Pod facts containment checks, from the Kubernetes API.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PodState {
     pub uid: String,

@@ -11,7 +11,7 @@ use super::Action;
 use crate::finding::Severity;
 use crate::policy::parse_duration;
 
-/// How containment treats a namespace.
+/// Containment mode of a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -141,7 +141,7 @@ impl ContainmentPolicy {
         }
     }
 
-    /// Whether any namespace can be contained.
+    /// Returns whether no namespace can be contained.
     pub fn is_off(&self) -> bool {
         self.modes.default == Mode::Off && self.modes.namespaces.values().all(|m| *m == Mode::Off)
     }
@@ -243,7 +243,7 @@ impl ContainmentPolicy {
         Ok(())
     }
 
-    /// The grace period in whole seconds, as the API takes it.
+    /// Returns the grace period in whole seconds, as the API takes it.
     pub fn grace_period_seconds(&self) -> u32 {
         u32::try_from(self.grace_period.as_secs()).unwrap_or(u32::MAX)
     }

@@ -33,7 +33,7 @@ const CACHE_LIMIT: usize = 65_536;
 /// again. Other function instances learn addresses too.
 const EGRESS_CACHE_SECONDS: u64 = 60;
 
-/// Where an exchange's source address stands against its cluster's egress.
+/// Position of an exchange's source address against its cluster's egress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EgressVerdict {
     /// In a configured CIDR or a learned address.
