@@ -1,6 +1,7 @@
 //! A stand-in for an EKS cluster's Kubernetes API server over TLS, for the
 //! calls containment makes: get, delete and JSON-patch pods, get
-//! ReplicaSets, Deployments and StatefulSets, and create NetworkPolicies.
+//! ReplicaSets, Deployments and StatefulSets, and create and get
+//! NetworkPolicies.
 //!
 //! It makes its own CA and server certificate at start and serves HTTPS on
 //! 127.0.0.1. Requests pass the real server's checks in the real order.
@@ -287,13 +288,16 @@ impl KubeTls {
             .insert((verb.to_owned(), resource, namespace.to_owned()));
     }
 
-    /// Allows in `namespace` every call containment makes.
+    /// Allows in `namespace` every call containment makes, as the agent
+    /// chart's containment Role does. The stand-in does not limit the
+    /// NetworkPolicy `get` to `tokenguard-quarantine` as the Role does.
     pub fn grant_containment(&self, namespace: &str) {
         for resource in [
             Resource::Pods,
             Resource::ReplicaSets,
             Resource::Deployments,
             Resource::StatefulSets,
+            Resource::NetworkPolicies,
         ] {
             self.grant("get", resource, namespace);
         }

@@ -2,10 +2,11 @@
 //! against moto, reaching a Kubernetes API stand-in over TLS with its own CA
 //! and checking the EKS bearer tokens it sends.
 //!
-//! One stack serves every test. Namespaces `payments` and `billing` are in
-//! enforce mode and `web` in dry-run; every action is taken from `medium`, so
-//! one unfamiliar read is enough. The stand-in's RBAC grants nothing in
-//! `billing`. Tests keep apart by pod name.
+//! One stack serves every test. Namespaces `payments`, `billing` and `audit`
+//! are in enforce mode and `web` in dry-run; every action is taken from
+//! `medium`, so one unfamiliar read is enough. The stand-in's RBAC grants
+//! nothing in `billing`, and `audit` contains a quarantine NetworkPolicy that
+//! allows egress. Tests keep apart by pod name.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -53,6 +54,8 @@ async fn fixture() -> &'static Fixture {
                 .expect("the API stand-in starts");
             kube.grant_containment("payments");
             kube.grant_containment("web");
+            kube.grant_containment("audit");
+            kube.add(Resource::NetworkPolicies, policy_allowing_egress("audit"));
             kube.verify_signatures(CLUSTER, FAKE_KEY, FAKE_KEY);
             let ca_file =
                 std::env::temp_dir().join(format!("tokenguard-kube-ca-{}.pem", std::process::id()));
@@ -64,7 +67,7 @@ async fn fixture() -> &'static Fixture {
                 extra_env: vec![
                     (
                         "TOKENGUARD_CONTAINMENT_MODES",
-                        "payments=enforce,web=dry-run,billing=enforce".to_owned(),
+                        "payments=enforce,web=dry-run,billing=enforce,audit=enforce".to_owned(),
                     ),
                     (
                         "TOKENGUARD_CONTAINMENT_ACTIONS",
@@ -79,6 +82,19 @@ async fn fixture() -> &'static Fixture {
             Fixture { stack, kube }
         })
         .await
+}
+
+/// Builds a `tokenguard-quarantine` policy in `namespace` as someone could
+/// have edited it to allow all egress.
+fn policy_allowing_egress(namespace: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"name": "tokenguard-quarantine", "namespace": namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {"tokenguard.io/quarantine": "true"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]
+        }
+    })
 }
 
 /// Returns a pod name that no other test of this process uses.
@@ -261,4 +277,37 @@ async fn forbidden_namespace_recorded() {
     };
     assert!(error.contains("HTTP 403 Forbidden"), "{error}");
     assert!(fixture.kube.pod("billing", &pod).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_allowing_egress_fails_quarantine() {
+    let fixture = fixture().await;
+    let pod = unique_pod("egress-allowed");
+    let uid = "7f3c2a1e-0000-4000-8000-000000000005";
+    let before = fixture
+        .kube
+        .object(Resource::NetworkPolicies, "audit", "tokenguard-quarantine")
+        .unwrap();
+    let outcome = unfamiliar_read(fixture, "audit", &pod, uid).await;
+    let finding = finding(fixture, &outcome).await;
+
+    let decision = latest_decision(&finding, Action::Quarantine).unwrap();
+    let ContainmentOutcome::Failed { error } = &decision.outcome else {
+        panic!("expected a failure: {decision:?}");
+    };
+    let expected = format!(
+        "quarantine pod audit/{pod} (uid {uid}): label tokenguard.io/quarantine=true, egress \
+         denied by NetworkPolicy tokenguard-quarantine: NetworkPolicy audit/tokenguard-quarantine \
+         in cluster prod already exists but does not deny all egress of quarantined pods: it \
+         allows egress through 1 rule. "
+    );
+    assert!(error.starts_with(&expected), "{error}");
+    assert!(
+        error.contains("`kubectl -n audit delete networkpolicy tokenguard-quarantine`"),
+        "{error}"
+    );
+    let after = fixture
+        .kube
+        .object(Resource::NetworkPolicies, "audit", "tokenguard-quarantine");
+    assert_eq!(after, Some(before), "the policy is left as it was");
 }

@@ -1,13 +1,11 @@
 //! The containment calls on the Kubernetes API: [`ClusterApi`] for
 //! [`EksClusters`].
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ObjectMeta, OwnerReference as KubeOwnerReference,
+    ObjectMeta, OwnerReference as KubeOwnerReference,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
@@ -18,15 +16,13 @@ use tokenguard_core::contain::{
 use tracing::{info, warn};
 
 use crate::clusters::EksClusters;
+use crate::quarantine::{modified_policy_error, policy_problems, quarantine_policy};
 
 /// Annotation the kubelet sets on the mirror pod of a static pod.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// HTTP status of a request whose bearer token the API server rejected.
 const UNAUTHORIZED: u16 = 401;
-
-/// Label on the NetworkPolicy tokenguard creates.
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tokenguard");
 
 /// HTTP status of a JSON Patch the API server could not apply, such as a
 /// failed `test` operation or an `add` under a missing parent. The server
@@ -127,34 +123,6 @@ fn controller_state(
 /// Escapes a map key for a JSON Pointer (RFC 6901): `~` as `~0`, `/` as `~1`.
 fn pointer_token(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
-}
-
-/// Builds the NetworkPolicy that denies all egress of quarantined pods. It
-/// selects them and lists `Egress` with no egress rule.
-pub fn quarantine_policy(namespace: &str) -> NetworkPolicy {
-    NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(QUARANTINE_POLICY.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY.0.to_owned(),
-                MANAGED_BY.1.to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    QUARANTINE_LABEL.to_owned(),
-                    "true".to_owned(),
-                )])),
-                ..LabelSelector::default()
-            }),
-            policy_types: Some(vec!["Egress".to_owned()]),
-            egress: None,
-            ingress: None,
-        }),
-    }
 }
 
 fn json_patch(operations: serde_json::Value) -> Patch<()> {
@@ -316,35 +284,63 @@ impl EksClusters {
         .map(|_| ())
     }
 
-    /// Creates [`QUARANTINE_POLICY`] in `namespace`. A policy that already
-    /// exists counts as created.
+    /// Creates [`QUARANTINE_POLICY`] in `namespace`. When a policy of that
+    /// name already exists, it is read and accepted only if it still denies
+    /// all egress of quarantined pods. One that does not is left unchanged,
+    /// and the error names what is wrong and how to fix it.
     async fn ensure_quarantine_policy(
         &self,
         cluster: &str,
         namespace: &str,
     ) -> Result<(), ApiError> {
-        let policy = quarantine_policy(namespace);
-        let result = self
-            .call(cluster, |client| async move {
-                let policies: Api<NetworkPolicy> = Api::namespaced(client, namespace);
-                policies.create(&PostParams::default(), &policy).await
-            })
-            .await;
-        match result {
-            Ok(_) => {
-                info!(
-                    cluster,
-                    namespace,
-                    policy = QUARANTINE_POLICY,
-                    "created the quarantine NetworkPolicy"
-                );
-                Ok(())
-            }
-            // NOTE: an existing policy of this name is not compared with
-            // the one tokenguard would create.
-            Err(error) if error.reason == "AlreadyExists" => Ok(()),
-            Err(error) => Err(error),
+        match self.create_quarantine_policy(cluster, namespace).await {
+            Err(error) if error.reason == "AlreadyExists" => {}
+            other => return other,
         }
+        let existing = self
+            .call(cluster, |client| async move {
+                Api::<NetworkPolicy>::namespaced(client, namespace)
+                    .get_opt(QUARANTINE_POLICY)
+                    .await
+            })
+            .await?;
+        let Some(existing) = existing else {
+            // Deleted since the create failed: create it again, once.
+            return self.create_quarantine_policy(cluster, namespace).await;
+        };
+
+        let problems = policy_problems(&existing);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        warn!(
+            cluster,
+            namespace,
+            policy = QUARANTINE_POLICY,
+            problems = problems.join("; "),
+            "the existing quarantine NetworkPolicy does not deny all egress"
+        );
+        Err(modified_policy_error(cluster, namespace, &problems))
+    }
+
+    async fn create_quarantine_policy(
+        &self,
+        cluster: &str,
+        namespace: &str,
+    ) -> Result<(), ApiError> {
+        let policy = quarantine_policy(namespace);
+        self.call(cluster, |client| async move {
+            let policies: Api<NetworkPolicy> = Api::namespaced(client, namespace);
+            policies.create(&PostParams::default(), &policy).await
+        })
+        .await?;
+        info!(
+            cluster,
+            namespace,
+            policy = QUARANTINE_POLICY,
+            "created the quarantine NetworkPolicy"
+        );
+        Ok(())
     }
 }
 
@@ -456,20 +452,6 @@ mod tests {
             "tokenguard.io~1quarantine"
         );
         assert_eq!(pointer_token("a~b/c"), "a~0b~1c");
-    }
-
-    #[test]
-    fn policy_denies_all_egress_of_labelled_pods() {
-        let policy = serde_json::to_value(quarantine_policy("shop")).unwrap();
-        assert_eq!(policy["metadata"]["name"], "tokenguard-quarantine");
-        assert_eq!(policy["metadata"]["namespace"], "shop");
-        assert_eq!(
-            policy["spec"]["podSelector"],
-            json!({"matchLabels": {"tokenguard.io/quarantine": "true"}})
-        );
-        assert_eq!(policy["spec"]["policyTypes"], json!(["Egress"]));
-        assert!(policy["spec"].get("egress").is_none());
-        assert!(policy["spec"].get("ingress").is_none());
     }
 
     #[test]

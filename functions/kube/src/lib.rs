@@ -5,17 +5,20 @@
 //! fixed list), trusts only that CA, and authenticates with the bearer token
 //! `aws eks get-token` would make from the function's IAM credentials. The
 //! cluster must map that IAM role to a Kubernetes user allowed to get pods,
-//! ReplicaSets, Deployments and StatefulSets, to delete and patch pods, and
-//! to create NetworkPolicies.
+//! ReplicaSets, Deployments and StatefulSets, to delete and patch pods, to
+//! create NetworkPolicies, and to get the NetworkPolicy
+//! `tokenguard-quarantine`.
 
 mod api;
 mod clusters;
 mod endpoint;
 mod error;
+mod quarantine;
 pub mod token;
 
-pub use api::{MIRROR_ANNOTATION, api_error, pod_state, quarantine_policy};
+pub use api::{MIRROR_ANNOTATION, api_error, pod_state};
 pub use clusters::EksClusters;
 pub use endpoint::{ClusterEndpoint, ClusterSource};
 pub use error::SetupError;
+pub use quarantine::quarantine_policy;
 pub use token::{EksToken, EksTokens, TokenError, presign_token};

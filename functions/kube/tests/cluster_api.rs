@@ -14,7 +14,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenguard_core::contain::{ApiError, ClusterApi, OwnerReference};
 use tokenguard_e2e::kube_tls::{KubeTls, Resource, pod_fixture, unrelated_ca_pem};
-use tokenguard_kube::{ClusterEndpoint, ClusterSource, EksClusters, EksTokens, api_error};
+use tokenguard_kube::{
+    ClusterEndpoint, ClusterSource, EksClusters, EksTokens, api_error, quarantine_policy,
+};
 
 const CLUSTER: &str = "prod";
 const ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -71,6 +73,8 @@ fn call(method: &str, path: &str, status: u16) -> (String, String, Option<u16>) 
 
 const POD_PATH: &str = "/api/v1/namespaces/shop/pods/web-1";
 const POLICY_PATH: &str = "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies";
+const QUARANTINE_POLICY_PATH: &str =
+    "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/tokenguard-quarantine";
 
 fn expect_error<T: std::fmt::Debug>(result: Result<T, ApiError>) -> ApiError {
     match result {
@@ -350,7 +354,188 @@ async fn quarantine_labels_pod_and_creates_policy_once() {
             call("POST", POLICY_PATH, 201),
             call("PATCH", POD_PATH, 200),
             call("POST", POLICY_PATH, 409),
+            call("GET", QUARANTINE_POLICY_PATH, 200),
         ]
+    );
+}
+
+/// Builds a `tokenguard-quarantine` policy in [`NAMESPACE`] with `spec`.
+fn policy_with_spec(spec: Value) -> Value {
+    json!({
+        "metadata": {"name": "tokenguard-quarantine", "namespace": NAMESPACE},
+        "spec": spec
+    })
+}
+
+/// Returns the spec of tokenguard's policy, as the API server stores it.
+fn quarantine_spec() -> Value {
+    json!({
+        "podSelector": {"matchLabels": {"tokenguard.io/quarantine": "true"}},
+        "policyTypes": ["Egress"]
+    })
+}
+
+/// Quarantines `web-1` against a stand-in that already contains `policy`, as
+/// someone with write access to the namespace could have left it. Returns
+/// the result, the stand-in and the policy as stored before the quarantine.
+async fn quarantine_with_policy(policy: Value) -> (Result<(), ApiError>, KubeTls, Value) {
+    let server = server().await;
+    server.add_pod(owned_pod("web-1", "uid-1", "ReplicaSet", "web-7d9f"));
+    let stored = server.add(Resource::NetworkPolicies, policy);
+    let result = clusters(&server)
+        .quarantine_pod(CLUSTER, NAMESPACE, "web-1", "uid-1")
+        .await;
+    (result, server, stored)
+}
+
+/// Checks that the pod was labelled, and that the policy was read once and
+/// left as `before`.
+fn assert_policy_read_only(server: &KubeTls, before: &Value) {
+    let labels = server.pod(NAMESPACE, "web-1").unwrap()["metadata"]["labels"].clone();
+    assert_eq!(
+        labels,
+        json!({"app": "web", "tokenguard.io/quarantine": "true"})
+    );
+    let after = server.object(
+        Resource::NetworkPolicies,
+        NAMESPACE,
+        "tokenguard-quarantine",
+    );
+    assert_eq!(after.as_ref(), Some(before));
+    assert_eq!(
+        calls(server),
+        [
+            call("PATCH", POD_PATH, 200),
+            call("POST", POLICY_PATH, 409),
+            call("GET", QUARANTINE_POLICY_PATH, 200),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn existing_identical_policy_accepted() {
+    let policy = serde_json::to_value(quarantine_policy(NAMESPACE)).unwrap();
+
+    let (result, server, before) = quarantine_with_policy(policy).await;
+
+    result.unwrap();
+    assert_policy_read_only(&server, &before);
+}
+
+#[tokio::test]
+async fn existing_policy_with_extra_metadata_accepted() {
+    let mut policy = policy_with_spec(quarantine_spec());
+    policy["spec"]["egress"] = json!([]);
+    policy["metadata"]["labels"] = json!({
+        "app.kubernetes.io/managed-by": "argocd",
+        "team": "shop"
+    });
+    policy["metadata"]["annotations"] = json!({
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+        "argocd.argoproj.io/tracking-id": "shop:networking.k8s.io/NetworkPolicy"
+    });
+    policy["metadata"]["generation"] = json!(4);
+
+    let (result, server, before) = quarantine_with_policy(policy).await;
+
+    result.unwrap();
+    assert_policy_read_only(&server, &before);
+}
+
+#[tokio::test]
+async fn existing_policy_allowing_egress_rejected() {
+    let mut policy = policy_with_spec(quarantine_spec());
+    policy["spec"]["egress"] = json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]);
+
+    let (result, server, before) = quarantine_with_policy(policy).await;
+
+    let error = expect_error(result);
+    assert_eq!(error.status, None);
+    let message = &error.message;
+    assert!(
+        message.starts_with(
+            "NetworkPolicy shop/tokenguard-quarantine in cluster prod already exists but does \
+             not deny all egress of quarantined pods: it allows egress through 1 rule. "
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("`kubectl -n shop patch networkpolicy tokenguard-quarantine "),
+        "{message}"
+    );
+    assert!(
+        message.contains("`kubectl -n shop delete networkpolicy tokenguard-quarantine`"),
+        "{message}"
+    );
+    assert_policy_read_only(&server, &before);
+}
+
+#[tokio::test]
+async fn existing_policy_selecting_other_pods_rejected() {
+    let policy = policy_with_spec(json!({
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "policyTypes": ["Egress"]
+    }));
+
+    let (result, server, before) = quarantine_with_policy(policy).await;
+
+    let error = expect_error(result);
+    assert_eq!(error.status, None);
+    assert!(
+        error.message.contains(
+            ": its podSelector is {\"matchLabels\":{\"app\":\"web\"}}, which does not \
+             select exactly the pods labelled tokenguard.io/quarantine=true. "
+        ),
+        "{}",
+        error.message
+    );
+    assert_policy_read_only(&server, &before);
+}
+
+#[tokio::test]
+async fn existing_policy_without_egress_type_rejected() {
+    let policy = policy_with_spec(json!({
+        "podSelector": {"matchLabels": {"tokenguard.io/quarantine": "true"}},
+        "policyTypes": ["Ingress"]
+    }));
+
+    let (result, server, before) = quarantine_with_policy(policy).await;
+
+    let error = expect_error(result);
+    assert!(
+        error
+            .message
+            .contains(": its policyTypes [\"Ingress\"] do not include Egress. "),
+        "{}",
+        error.message
+    );
+    assert_policy_read_only(&server, &before);
+}
+
+#[tokio::test]
+async fn existing_policy_get_forbidden() {
+    let server = KubeTls::start().await.unwrap();
+    server.verify_signatures(CLUSTER, ACCESS_KEY_ID, SECRET_KEY);
+    server.grant("patch", Resource::Pods, NAMESPACE);
+    server.grant("create", Resource::NetworkPolicies, NAMESPACE);
+    server.add_pod(owned_pod("web-1", "uid-1", "ReplicaSet", "web-7d9f"));
+    server.add(
+        Resource::NetworkPolicies,
+        policy_with_spec(quarantine_spec()),
+    );
+
+    let error = expect_error(
+        clusters(&server)
+            .quarantine_pod(CLUSTER, NAMESPACE, "web-1", "uid-1")
+            .await,
+    );
+
+    assert_eq!(error.status, Some(403));
+    assert_eq!(
+        error.message,
+        "networkpolicies.networking.k8s.io \"tokenguard-quarantine\" is forbidden: User \
+         \"tokenguard-detector\" cannot get resource \"networkpolicies\" in API group \
+         \"networking.k8s.io\" in the namespace \"shop\""
     );
 }
 
