@@ -470,4 +470,4 @@ pub fn in_window(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

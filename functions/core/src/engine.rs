@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use futures_util::TryFutureExt;
 use thiserror::Error;
 use tokenguard_schema::{
     ActionReport, ActionResult, AgentOrder, Node, Outcome, OutcomeStatus, TokenRead,
@@ -170,11 +171,11 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
             .await?;
 
         match sighting {
-            ValueSighting::New => self.decide_new(node, read, &key, now).await,
+            ValueSighting::New => self.decide_new(node, read, &key, now, false).await,
             // The event that created the value is being retried: finish what
             // the first attempt may have left undone.
             ValueSighting::Known(record) if record.first_event_id == read.event_id => {
-                match self.decide_new(node, read, &key, now).await? {
+                match self.decide_new(node, read, &key, now, true).await? {
                     Decision::Learned => Ok(Decision::Duplicate),
                     decision => Ok(decision),
                 }
@@ -202,17 +203,37 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
         read: &TokenRead,
         key: &BaselineKey,
         now: DateTime<Utc>,
+        retry: bool,
     ) -> Result<Decision, EngineError> {
         let event_time = read.observed_at;
-        let scope = self
-            .store
-            .record_scope(
+        let id = finding_id(key, &read.event_id);
+        // Only the scope says whether the read is learned or raises a
+        // finding, but the known values are read with it: the agent waits
+        // for a kill order until this returns, and a value new during
+        // learning costs one read more. Only a retry can find its finding
+        // stored.
+        let existing = async {
+            if retry {
+                self.store.get_finding(&id).await
+            } else {
+                Ok(None)
+            }
+        };
+        let (scope, existing, known) = futures_util::try_join!(
+            self.store.record_scope(
                 &key.scope.key,
                 &read.event_id,
                 event_time,
                 self.policy.forget_after,
-            )
-            .await?;
+            ),
+            existing,
+            self.store.known_values(
+                &key.scope.key,
+                &key.value.key,
+                event_time,
+                self.policy.forget_after,
+            ),
+        )?;
         let learning_ends = scope.first_seen + self.policy.learning_period;
 
         // Host reads skip learning: no process outside a pod needs the token
@@ -230,26 +251,17 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
             _ => Rule::UnfamiliarProcessTokenRead,
         };
 
-        let id = finding_id(key, &read.event_id);
-        if let Some(existing) = self.store.get_finding(&id).await? {
+        if let Some(existing) = existing {
             if existing.notified {
                 return Ok(Decision::Duplicate);
             }
-            let existing = self.correlate_read(read, existing, now).await?;
+            let keys = self.remember_read(read, &id).await?;
+            let existing = self.correlate_read(read, &keys, existing, now).await?;
             let existing = self.contain(existing, Trigger::AgentRead, now).await?;
             return self.notify(key, existing).await;
         }
 
-        let known = self
-            .store
-            .known_values(
-                &key.scope.key,
-                &key.value.key,
-                event_time,
-                self.policy.forget_after,
-            )
-            .await?;
-        let finding = Finding {
+        let mut finding = Finding {
             schema: FINDING_SCHEMA_VERSION,
             finding_id: id,
             rule,
@@ -293,15 +305,29 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
             changes: Vec::new(),
             containment: Vec::new(),
         };
+        // Deciding before the finding is stored writes it once with its
+        // decisions, and a kill order is in the answer one write sooner.
+        finding.containment = self
+            .responder
+            .respond(&finding, Trigger::AgentRead, now)
+            .await;
+        let decided_at = finding.severity;
 
         let record = FindingRecord {
             finding,
             notified: false,
             version: 0,
         };
-        self.store.put_finding(key, &record).await?;
-        let record = self.correlate_read(read, record, now).await?;
-        let record = self.contain(record, Trigger::AgentRead, now).await?;
+        // An exchange that finds the read before the finding is stored skips
+        // it, and the read then finds that exchange below.
+        let ((), keys) = futures_util::try_join!(
+            self.store.put_finding(key, &record).err_into(),
+            self.remember_read(read, &record.finding.finding_id),
+        )?;
+        let mut record = self.correlate_read(read, &keys, record, now).await?;
+        if record.finding.severity > decided_at {
+            record = self.contain(record, Trigger::AgentRead, now).await?;
+        }
         self.notify(key, record).await
     }
 

@@ -406,37 +406,44 @@ impl BaselineStore for DynamoStore {
         record: &FindingRecord,
     ) -> Result<(), StoreError> {
         let finding_item = item::finding_item(record)?;
-        self.client
-            .put_item()
-            .table_name(&self.findings_table)
-            .set_item(Some(finding_item))
-            .send()
-            .await
-            .map_err(|error| classify("DynamoDB PutItem", self.findings(), &error))?;
-
+        let put = async {
+            self.client
+                .put_item()
+                .table_name(&self.findings_table)
+                .set_item(Some(finding_item))
+                .send()
+                .await
+                .map_err(|error| classify("DynamoDB PutItem", self.findings(), &error))
+        };
+        // The value's link to its finding goes out with the finding: a
+        // repeat that follows the link before the finding lands is folded
+        // into nothing, and the agent waits on this write for a kill order.
         let sk = value_sk(&key.value.key);
-        let link = self
-            .client
-            .update_item()
-            .table_name(&self.baseline_table)
-            .key(PK, s(&key.scope.key))
-            .key(SK, s(&sk))
-            .update_expression("SET finding_id = :finding_id")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":finding_id", s(&record.finding.finding_id))
-            .send()
-            .await;
-        match link {
-            Ok(_) => Ok(()),
-            Err(error) if is_condition_failure(&error) => {
-                debug!(
-                    finding_id = %record.finding.finding_id, scope = %key.scope.key,
-                    "finding stored for a value that is no longer in the baseline"
-                );
-                Ok(())
+        let link = async {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.baseline_table)
+                .key(PK, s(&key.scope.key))
+                .key(SK, s(&sk))
+                .update_expression("SET finding_id = :finding_id")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":finding_id", s(&record.finding.finding_id))
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(error) if is_condition_failure(&error) => {
+                    debug!(
+                        finding_id = %record.finding.finding_id, scope = %key.scope.key,
+                        "finding stored for a value that is no longer in the baseline"
+                    );
+                    Ok(())
+                }
+                Err(error) => Err(classify("DynamoDB UpdateItem", self.baseline(), &error)),
             }
-            Err(error) => Err(classify("DynamoDB UpdateItem", self.baseline(), &error)),
-        }
+        };
+        tokio::try_join!(put, link).map(|_| ())
     }
 
     async fn get_finding(&self, finding_id: &str) -> Result<Option<FindingRecord>, StoreError> {

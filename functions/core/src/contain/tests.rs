@@ -649,6 +649,63 @@ async fn engine_alert_shows_decisions() {
     assert_eq!(stored.finding.containment, finding.containment);
 }
 
+/// An exchange from outside the egress landed before the read, so the
+/// read's finding turns critical before it is stored. The kill is decided
+/// at the read's own severity, and the pod actions again at critical.
+#[tokio::test]
+async fn earlier_exchange_decides_again() {
+    use crate::correlate::tests as correlate;
+
+    let api = FakeApi::with_pod();
+    let engine = correlate::engine().with_containment(Containment::new(
+        enforce(NAMESPACE),
+        api.clone(),
+        MemoryRateLimiter::default(),
+    ));
+    let node = correlate::node();
+    let python = correlate::read_at("/usr/bin/python3", at(0), "b:1");
+    engine.process(&node, &python, at(0)).await.unwrap();
+    let early = correlate::from_address(
+        correlate::irsa_at(now() - Duration::minutes(1), "x-1"),
+        "203.0.113.9",
+        correlate::AWS_CLI,
+    );
+    engine
+        .process_exchange(early, correlate::CLUSTER, now())
+        .await
+        .unwrap();
+
+    let curl = correlate::read_at("/usr/bin/curl", now(), "b:2");
+    let Decision::Finding(finding) = engine.process(&node, &curl, now()).await.unwrap() else {
+        panic!("expected a finding");
+    };
+    assert_eq!(finding.severity, Severity::Critical);
+    let decided: Vec<_> = finding
+        .containment
+        .iter()
+        .map(|decision| (decision.action, decision.severity, decision.outcome.label()))
+        .collect();
+    assert_eq!(
+        decided,
+        vec![
+            (Action::KillProcess, Severity::Medium, "ordered"),
+            (Action::Quarantine, Severity::Medium, "skipped"),
+            (Action::DeletePod, Severity::Medium, "skipped"),
+            (Action::Quarantine, Severity::Critical, "done"),
+            (Action::DeletePod, Severity::Critical, "done"),
+        ]
+    );
+    assert_eq!(api.calls().len(), 2, "{:?}", api.calls());
+    let stored = engine
+        .store()
+        .get_finding(&finding.finding_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.finding.containment, finding.containment);
+    assert!(stored.notified);
+}
+
 #[test]
 fn modes_parse() {
     let modes =

@@ -11,12 +11,13 @@ use crate::engine::tests::{RecordingNotifier, SentAlert};
 use crate::store::{BaselineStore, MemoryStore};
 use crate::{Decision, Engine, ExchangeDecision, Finding, Policy};
 
-type TestEngine = Engine<MemoryStore, RecordingNotifier, MemoryStore>;
+pub(crate) type TestEngine = Engine<MemoryStore, RecordingNotifier, MemoryStore>;
 
-const CLUSTER: &str = "test";
-const AWS_CLI: &str = "aws-cli/2.22.4 md/awscrt#0.23.1 ua/2.0 os/linux#6.8.0 md/arch#x86_64";
+pub(crate) const CLUSTER: &str = "test";
+pub(crate) const AWS_CLI: &str =
+    "aws-cli/2.22.4 md/awscrt#0.23.1 ua/2.0 os/linux#6.8.0 md/arch#x86_64";
 
-fn engine() -> TestEngine {
+pub(crate) fn engine() -> TestEngine {
     let policy = Policy::from_settings("1h", "28d").unwrap();
     let correlation = CorrelationPolicy {
         egress: EgressCidrs::parse("198.51.100.0/24").unwrap(),
@@ -31,7 +32,7 @@ fn engine() -> TestEngine {
     )
 }
 
-fn node() -> Node {
+pub(crate) fn node() -> Node {
     Node {
         name: "node-a".to_owned(),
         boot_id: "boot-1".to_owned(),
@@ -40,11 +41,11 @@ fn node() -> Node {
     }
 }
 
-fn minutes(base: DateTime<Utc>, minutes: i64) -> DateTime<Utc> {
+pub(crate) fn minutes(base: DateTime<Utc>, minutes: i64) -> DateTime<Utc> {
     base + chrono::Duration::minutes(minutes)
 }
 
-fn read_at(exe: &str, time: DateTime<Utc>, id: &str) -> TokenRead {
+pub(crate) fn read_at(exe: &str, time: DateTime<Utc>, id: &str) -> TokenRead {
     let comm = exe.rsplit('/').next().unwrap();
     let mut read = sample_read(exe, comm);
     read.observed_at = time;
@@ -53,7 +54,7 @@ fn read_at(exe: &str, time: DateTime<Utc>, id: &str) -> TokenRead {
 }
 
 /// The IRSA exchange fixture at `time`, with event id `id`.
-fn irsa_at(time: DateTime<Utc>, id: &str) -> Exchange {
+pub(crate) fn irsa_at(time: DateTime<Utc>, id: &str) -> Exchange {
     let mut record = fixture("irsa-success");
     record["eventTime"] = serde_json::Value::from(time.to_rfc3339());
     record["eventID"] = serde_json::Value::from(id);
@@ -63,7 +64,7 @@ fn irsa_at(time: DateTime<Utc>, id: &str) -> Exchange {
     }
 }
 
-fn from_address(mut exchange: Exchange, address: &str, agent: &str) -> Exchange {
+pub(crate) fn from_address(mut exchange: Exchange, address: &str, agent: &str) -> Exchange {
     exchange.source_address = Some(address.to_owned());
     exchange.user_agent = Some(agent.to_owned());
     exchange

@@ -185,44 +185,63 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
         }
     }
 
-    /// Stores an unfamiliar read for later exchanges and merges the exchanges
-    /// that landed before it into its finding.
+    /// Stores an unfamiliar read, whose finding is `finding_id`, for later
+    /// exchanges. Returns the subject keys it was stored under: none when
+    /// correlation is off or the read's service account is not known.
+    pub(super) async fn remember_read(
+        &self,
+        read: &TokenRead,
+        finding_id: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let Some(correlator) = &self.correlation else {
+            return Ok(Vec::new());
+        };
+        let keys: Vec<String> = Subject::of_read(read).iter().map(Subject::key).collect();
+        if keys.is_empty() {
+            debug!(event_id = %read.event_id, "read has no service account to correlate");
+            return Ok(keys);
+        }
+        let stored = ReadRecord {
+            observed_at: read.observed_at,
+            finding_id: Some(finding_id.to_owned()),
+            pod_uid: read.pod.as_ref().map(|pod| pod.uid.clone()),
+        };
+        correlator
+            .store
+            .put_read(&keys, &stored, correlator.expires(read.observed_at))
+            .await?;
+        Ok(keys)
+    }
+
+    /// Merges the exchanges that landed before a read, stored under `keys`
+    /// by [`Engine::remember_read`], into its finding.
     pub(super) async fn correlate_read(
         &self,
         read: &TokenRead,
+        keys: &[String],
         record: FindingRecord,
         now: DateTime<Utc>,
     ) -> Result<FindingRecord, EngineError> {
         let Some(correlator) = &self.correlation else {
             return Ok(record);
         };
-        let keys: Vec<String> = Subject::of_read(read).iter().map(Subject::key).collect();
-        if keys.is_empty() {
-            debug!(event_id = %read.event_id, "read has no service account to correlate");
-            return Ok(record);
-        }
         let pod_uid = read.pod.as_ref().map(|pod| pod.uid.clone());
-        let stored = ReadRecord {
-            observed_at: read.observed_at,
-            finding_id: Some(record.finding.finding_id.clone()),
-            pod_uid: pod_uid.clone(),
-        };
-        correlator
-            .store
-            .put_read(&keys, &stored, correlator.expires(read.observed_at))
-            .await?;
-
         let policy = &correlator.policy;
         let from = read.observed_at - duration(policy.clock_skew);
         let to = read.observed_at + duration(policy.window);
-        let mut exchanges = Vec::new();
-        for key in &keys {
-            let found = correlator.store.exchanges_between(key, from, to).await?;
-            exchanges.extend(found.into_iter().filter(|exchange| {
+        let found = futures_util::future::try_join_all(
+            keys.iter()
+                .map(|key| correlator.store.exchanges_between(key, from, to)),
+        )
+        .await?;
+        let exchanges: Vec<ExchangeRecord> = found
+            .into_iter()
+            .flatten()
+            .filter(|exchange| {
                 let uid = exchange.exchange.pod_uid.as_ref();
                 uid.is_none() || uid == pod_uid.as_ref()
-            }));
-        }
+            })
+            .collect();
         if exchanges.is_empty() {
             return Ok(record);
         }
