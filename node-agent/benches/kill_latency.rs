@@ -5,7 +5,8 @@
 //!
 //! The path measured is the whole chain on this machine. It runs through the
 //! kernel probe, the agent's pipeline and the signed POST to the detector
-//! under cargo-lambda's emulator. Then come the detector's DynamoDB and SNS
+//! under cargo-lambda's emulator, built in the release profile as it is
+//! deployed. Then come the detector's DynamoDB and SNS
 //! calls to moto, the kill order in the response, and the agent's pidfd kill. Each run starts a new reader,
 //! a hard link to this binary under a new name, so the detector finds a new
 //! process in the workload and raises a new finding each time.
@@ -57,6 +58,7 @@ use tokenguard_e2e::detector::{DetectorStack, StackOptions};
 use tokenguard_e2e::fixtures::{NODE, irsa_pod_on};
 use tokenguard_e2e::kube_api::KubeApi;
 use tokenguard_e2e::kube_tls::{KubeTls, RecordedRequest, Resource};
+use tokenguard_e2e::lambda::Profile;
 use tokenguard_e2e::moto::{FAKE_KEY, GuardedChild, REGION, log_dir};
 use tokenguard_schema::{AgentOrder, Batch, BatchResponse, Outcome, SCHEMA_VERSION};
 
@@ -370,6 +372,7 @@ async fn start_stack(runs: usize, endpoint: Option<String>) -> DetectorStack {
     DetectorStack::start_with(StackOptions {
         learning_period: "0s".to_owned(),
         extra_env,
+        profile: Profile::Release,
         ..StackOptions::default()
     })
     .await

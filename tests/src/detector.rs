@@ -20,7 +20,7 @@ use tokenguard_detector::dynamodb::attributes::{
 };
 use tokenguard_schema::{Batch, BatchResponse, Node, Outcome, SCHEMA_VERSION, TokenRead};
 
-use crate::lambda::{LambdaEmulator, Readiness};
+use crate::lambda::{LambdaEmulator, Profile, Readiness};
 use crate::moto::{HelperError, MotoServer};
 
 /// Package and binary name of the detector.
@@ -109,6 +109,8 @@ pub struct StackOptions {
     /// More variables for both functions, such as
     /// `TOKENGUARD_CONTAINMENT_MODES`; they override the ones set here.
     pub extra_env: Vec<(&'static str, String)>,
+    /// The profile the functions are built in.
+    pub profile: Profile,
 }
 
 /// The detector served on a Function URL on 127.0.0.1, backed by a moto
@@ -198,8 +200,16 @@ impl DetectorStack {
             env.push((*name, value.clone()));
         }
         let cloudtrail_env = env.clone();
+        let profile = options.profile;
         let emulator = tokio::task::spawn_blocking(move || {
-            LambdaEmulator::start(FUNCTION, FUNCTION, &env, CONCURRENCY)
+            LambdaEmulator::start_with(
+                FUNCTION,
+                FUNCTION,
+                &env,
+                CONCURRENCY,
+                Readiness::FunctionUrl,
+                profile,
+            )
         })
         .await
         .map_err(|source| DetectorStackError::StartPanicked {
@@ -215,6 +225,7 @@ impl DetectorStack {
                     &cloudtrail_env,
                     CONCURRENCY,
                     Readiness::Invoke(empty),
+                    profile,
                 )
             })
             .await

@@ -41,6 +41,17 @@ pub enum Readiness {
     Invoke(String),
 }
 
+/// The cargo profile the emulator builds a function in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// The dev profile, quick to build, for tests.
+    #[default]
+    Dev,
+    /// The release profile, as deployed, for benchmarks. Its first build
+    /// takes several minutes more.
+    Release,
+}
+
 /// A function running under `cargo lambda watch`, stopped on drop.
 #[derive(Debug)]
 pub struct LambdaEmulator {
@@ -63,16 +74,25 @@ impl LambdaEmulator {
         env: &[(&str, String)],
         concurrency: u32,
     ) -> Result<LambdaEmulator, HelperError> {
-        LambdaEmulator::start_with(package, function, env, concurrency, Readiness::FunctionUrl)
+        LambdaEmulator::start_with(
+            package,
+            function,
+            env,
+            concurrency,
+            Readiness::FunctionUrl,
+            Profile::Dev,
+        )
     }
 
-    /// Like [`LambdaEmulator::start`], waiting for `readiness`.
+    /// Like [`LambdaEmulator::start`], waiting for `readiness`, with the
+    /// function built in `profile`.
     pub fn start_with(
         package: &str,
         function: &str,
         env: &[(&str, String)],
         concurrency: u32,
         readiness: Readiness,
+        profile: Profile,
     ) -> Result<LambdaEmulator, HelperError> {
         let port = free_port()?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -85,6 +105,10 @@ impl LambdaEmulator {
             .args(["--invoke-port", &port.to_string()])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--package", package, "--bin", function])
+            .args(match profile {
+                Profile::Dev => &[][..],
+                Profile::Release => &["--release"][..],
+            })
             // NOTE: cargo-lambda 1.9.2 passes its `--target-dir` option on to
             // `cargo metadata`, which rejects it, so the folder is set here.
             .env(
