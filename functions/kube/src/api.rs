@@ -262,11 +262,30 @@ impl EksClusters {
                     .await
             })
             .await?;
+        // The JSON Patch failure says only that a test failed, so the pod
+        // read tells which: a 422 alone would not tell the user that the
+        // pod they were alerted on is gone.
         let Some(pod) = pod else {
-            return Err(first_error);
+            return Err(ApiError {
+                message: format!(
+                    "pod {namespace}/{name} no longer exists, so nothing was labelled \
+                     (the label patch failed with: {first_error})"
+                ),
+                ..first_error
+            });
         };
         let metadata = &pod.metadata;
-        if metadata.uid.as_deref() != Some(uid) || metadata.labels.is_some() {
+        if metadata.uid.as_deref() != Some(uid) {
+            return Err(ApiError {
+                message: format!(
+                    "pod {namespace}/{name} was replaced: its uid is now {}, not the reported \
+                     {uid}, and the new pod was left alone",
+                    metadata.uid.as_deref().unwrap_or("unknown")
+                ),
+                ..first_error
+            });
+        }
+        if metadata.labels.is_some() {
             return Err(first_error);
         }
         let resource_version = metadata.resource_version.clone().unwrap_or_default();

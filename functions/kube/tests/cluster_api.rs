@@ -575,6 +575,11 @@ async fn quarantine_skips_recreated_pod() {
 
     assert_eq!(error.status, Some(422));
     assert_eq!(error.reason, "Invalid");
+    assert_eq!(
+        error.message,
+        "pod shop/web-1 was replaced: its uid is now uid-new, not the reported uid-old, and \
+         the new pod was left alone"
+    );
     let labels = server.pod(NAMESPACE, "web-1").unwrap()["metadata"]["labels"].clone();
     assert_eq!(labels, json!({"app": "web"}));
     assert_eq!(
