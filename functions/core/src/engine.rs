@@ -261,6 +261,20 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
             return self.notify(key, existing).await;
         }
 
+        let (known_values, known_values_omitted) = BaselineSummary::latest_known(
+            known
+                .into_iter()
+                .map(|(value_key, record)| {
+                    let (exe, comm) = value_key.split_once('\u{1f}').unwrap_or((&value_key, ""));
+                    KnownValueSummary {
+                        exe: exe.to_owned(),
+                        comm: comm.to_owned(),
+                        first_seen: record.first_seen,
+                        last_seen: record.last_seen,
+                    }
+                })
+                .collect(),
+        );
         let mut finding = Finding {
             schema: FINDING_SCHEMA_VERSION,
             finding_id: id,
@@ -285,19 +299,8 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
                 learning_ended_at: learning_ends,
                 learning_period_seconds: self.policy.learning_period.as_secs(),
                 forget_after_seconds: self.policy.forget_after.as_secs(),
-                known_values: known
-                    .into_iter()
-                    .map(|(value_key, record)| {
-                        let (exe, comm) =
-                            value_key.split_once('\u{1f}').unwrap_or((&value_key, ""));
-                        KnownValueSummary {
-                            exe: exe.to_owned(),
-                            comm: comm.to_owned(),
-                            first_seen: record.first_seen,
-                            last_seen: record.last_seen,
-                        }
-                    })
-                    .collect(),
+                known_values,
+                known_values_omitted,
             },
             mitre: Mitre::credentials_in_files(),
             triage: triage_steps(rule, &read.cluster, &read.process, read.pod.as_ref()),

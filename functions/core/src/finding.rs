@@ -108,6 +108,11 @@ impl Mitre {
     }
 }
 
+/// Known values a finding lists at most: the most recently seen. A scope
+/// such as a CI runner's can hold thousands, which would not fit in an
+/// alert, nor a finding in a DynamoDB item.
+pub const MAX_KNOWN_VALUES: usize = 20;
+
 /// One value the baseline already held for the scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownValueSummary {
@@ -125,8 +130,28 @@ pub struct BaselineSummary {
     pub learning_ended_at: DateTime<Utc>,
     pub learning_period_seconds: u64,
     pub forget_after_seconds: u64,
-    /// Values of the scope that were known, without the new one.
+    /// Values of the scope that were known, without the new one: the
+    /// [`MAX_KNOWN_VALUES`] seen last, most recent first.
     pub known_values: Vec<KnownValueSummary>,
+    /// Known values left out of `known_values`.
+    #[serde(default)]
+    pub known_values_omitted: u64,
+}
+
+impl BaselineSummary {
+    /// Returns the [`MAX_KNOWN_VALUES`] of `values` seen last, most recent
+    /// first, and how many were left out.
+    pub fn latest_known(mut values: Vec<KnownValueSummary>) -> (Vec<KnownValueSummary>, u64) {
+        values.sort_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then_with(|| a.exe.cmp(&b.exe))
+                .then_with(|| a.comm.cmp(&b.comm))
+        });
+        let omitted = values.len().saturating_sub(MAX_KNOWN_VALUES);
+        values.truncate(MAX_KNOWN_VALUES);
+        (values, u64::try_from(omitted).unwrap_or(u64::MAX))
+    }
 }
 
 /// A detection, ready to alert on.

@@ -21,8 +21,8 @@ mod store;
 
 pub use engine::{Decision, Engine, EngineError, ExchangeDecision};
 pub use finding::{
-    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, Mitre, MitreRef, Rule,
-    Severity, finding_id,
+    BaselineSummary, FINDING_SCHEMA_VERSION, Finding, KnownValueSummary, MAX_KNOWN_VALUES, Mitre,
+    MitreRef, Rule, Severity, finding_id,
 };
 pub use policy::{Policy, PolicyError, parse_duration};
 pub use render::{

@@ -283,6 +283,13 @@ fn email_text(finding: &Finding, escalated_from: Option<Severity>) -> String {
                 known.last_seen.to_rfc3339()
             );
         }
+        if baseline.known_values_omitted > 0 {
+            let _ = writeln!(
+                text,
+                "    and {} more, seen earlier",
+                baseline.known_values_omitted
+            );
+        }
     }
     let _ = writeln!(text);
 

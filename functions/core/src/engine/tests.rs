@@ -6,7 +6,7 @@ use tokenguard_schema::{Node, OutcomeStatus, TokenRead};
 use super::*;
 use crate::conformance::{self, at};
 use crate::correlate::ExchangeFinding;
-use crate::finding::Severity;
+use crate::finding::{MAX_KNOWN_VALUES, Severity};
 use crate::render::render_alert;
 use crate::store::MemoryStore;
 
@@ -105,6 +105,44 @@ async fn familiar_quiet_unfamiliar_alerts() {
     assert_eq!(finding.baseline.learning_ended_at, at(24));
     assert_eq!(finding.node, "node-a");
     assert_eq!(sent(&engine).len(), 1);
+}
+
+/// A scope with more known values than a finding lists: the finding names
+/// the latest and counts the rest, and the email says so.
+#[tokio::test]
+async fn many_known_values_capped() {
+    let engine = engine("1d", "28d");
+    let total = MAX_KNOWN_VALUES + 5;
+    for index in 0..total {
+        let exe = format!("/opt/tools/tool-{index:02}");
+        let mut event = at_hour(read(&exe, "tool"), 0, &format!("b:{index}"));
+        event.observed_at += chrono::Duration::minutes(i64::try_from(index).unwrap());
+        engine
+            .process(&node(), &event, event.observed_at)
+            .await
+            .unwrap();
+    }
+    let stranger = at_hour(read("/usr/bin/curl", "curl"), 30, "b:curl");
+    let Decision::Finding(finding) = engine.process(&node(), &stranger, at(30)).await.unwrap()
+    else {
+        panic!("an unfamiliar process after learning must raise a finding");
+    };
+    let baseline = &finding.baseline;
+    assert_eq!(baseline.known_values.len(), MAX_KNOWN_VALUES);
+    assert_eq!(baseline.known_values_omitted, 5);
+    assert_eq!(
+        baseline.known_values[0].exe,
+        format!("/opt/tools/tool-{:02}", total - 1)
+    );
+    assert_eq!(
+        baseline.known_values[MAX_KNOWN_VALUES - 1].exe,
+        "/opt/tools/tool-05"
+    );
+    let email = render_alert(&Alert::Finding(&finding)).email;
+    assert!(
+        email.contains("/opt/tools/tool-05 (tool), last seen 2026-12-01T00:05:00+00:00\n    and 5 more, seen earlier\n"),
+        "{email}"
+    );
 }
 
 #[tokio::test]
@@ -382,6 +420,7 @@ async fn finding_json_has_contract_fields() {
         "/pod/service_account",
         "/scope/key",
         "/baseline/known_values",
+        "/baseline/known_values_omitted",
         "/node",
         "/cluster",
     ] {

@@ -46,6 +46,7 @@ fn curl_finding() -> Finding {
                 first_seen: at(0),
                 last_seen: at(0),
             }],
+            known_values_omitted: 0,
         },
         mitre: Mitre::credentials_in_files(),
         correlation: None,
