@@ -50,10 +50,17 @@ async fn invoke(
     event: LambdaEvent<LambdaFunctionUrlRequest>,
 ) -> Result<LambdaFunctionUrlResponse, lambda_runtime::Error> {
     let span = info_span!("invocation", request_id = %event.context.request_id);
+    let started = std::time::Instant::now();
     let response = handle_request(&engine, &event.payload, chrono::Utc::now())
         .instrument(span.clone())
         .await;
-    span.in_scope(|| info!(status = response.status_code, "invocation finished"));
+    let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    span.in_scope(|| {
+        info!(
+            status = response.status_code,
+            duration_us, "invocation finished"
+        );
+    });
     Ok(response)
 }
 
