@@ -5,8 +5,9 @@
 # detector under cargo-lambda's emulator, which keeps its tables in moto with
 # the pod's namespace in enforce mode. Each run starts a new reader under a
 # new name in a pod sandbox (scripts/pod-sandbox.sh), so each raises a new
-# finding and a new kill order. node-agent/benches/kill_latency.rs has the
-# details of what is timed.
+# finding and a new kill order. Each run's pod belongs to a Deployment of its
+# own, whose first reader the detector learns before the timed one starts.
+# node-agent/benches/kill_latency.rs has the details of what is timed.
 #
 # Runs start 500 ms apart after each kill, so that the agent sends each
 # kill's report alone and no report rides on the next run's POST. Pass

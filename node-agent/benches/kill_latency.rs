@@ -7,9 +7,18 @@
 //! kernel probe, the agent's pipeline and the signed POST to the detector
 //! under cargo-lambda's emulator, built in the release profile as it is
 //! deployed. Then come the detector's DynamoDB and SNS
-//! calls to moto, the kill order in the response, and the agent's pidfd kill. Each run starts a new reader,
-//! a hard link to this binary under a new name, so the detector finds a new
-//! process in the workload and raises a new finding each time.
+//! calls to moto, the kill order in the response, and the agent's pidfd
+//! kill. Each run starts a new reader, a hard link to this binary under a
+//! new name, so the detector finds a new process and raises a new finding
+//! each time.
+//!
+//! In kill mode each run has a pod of its own Deployment and service
+//! account. A copy of `cat` reads the token there first, and the run waits
+//! until the detector has learned it; only then does the reader start. So
+//! each finding is raised in a workload with one known process, as in a
+//! cluster. In one shared workload the hundredth run's finding would list
+//! 99 known processes, and moto's Query takes about 0.2 ms for each item it
+//! returns, which DynamoDB's does not.
 //!
 //! The reader takes `CLOCK_MONOTONIC` just before it opens the token and
 //! prints it. The harness takes it again when `waitpid` returns the reader's
@@ -42,7 +51,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -69,6 +78,12 @@ const TOKEN: &str = "/run/secrets/eks.amazonaws.com/serviceaccount/token";
 const NAMESPACE: &str = "payments";
 /// The fixture pod's controller, and the Deployment above it.
 const REPLICA_SET: &str = "payments-api-6d8f7b9c5";
+const POD_TEMPLATE_HASH: &str = "6d8f7b9c5";
+/// Slowest runs the report names, to find them in the logs.
+const SLOWEST_SHOWN: usize = 5;
+/// How long a run waits after adding its pod before a process in it reads
+/// the token.
+const POD_WATCH_DELAY: Duration = Duration::from_millis(300);
 const DEPLOYMENT: &str = "payments-api";
 /// Characters of the random suffix in the names of a ReplicaSet's pods.
 const POD_NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -178,20 +193,19 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 }
 
 /// Prints the monotonic time in nanoseconds, opens `path` and waits to be
-/// killed.
+/// killed. The time goes out before the open, because a kill that lands
+/// between the open and a later print would lose it; the write adds a few
+/// microseconds to the time measured.
 fn read_token(path: &str) -> ! {
     let before = monotonic_ns();
-    let token = fs::File::open(path);
     let mut stdout = std::io::stdout();
-    match token {
-        Ok(_) => {
-            let _ = writeln!(stdout, "{before}");
-        }
-        Err(error) => {
-            let _ = writeln!(stdout, "failed to open {path}: {error}");
-        }
-    }
+    let _ = writeln!(stdout, "{before}");
     let _ = stdout.flush();
+    if let Err(error) = fs::File::open(path) {
+        let _ = writeln!(stdout, "failed to open {path}: {error}");
+        let _ = stdout.flush();
+        std::process::exit(1);
+    }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -294,8 +308,9 @@ async fn bench(options: &Options, servers: &tokio::runtime::Handle) {
     wait_for(START_TIMEOUT, "the agent to watch pods", || {
         fs::read_to_string(&agent_log).is_ok_and(|log| log.contains("watching pods of this node"))
     });
-    if let Detector::Emulator(stack) = &detector {
-        learn_familiar_reader(stack, &sandbox, &work, &cluster).await;
+    // Kill mode learns a familiar reader in each run's own workload.
+    if let (Detector::Emulator(stack), Some(_)) = (&detector, &cluster_api) {
+        learn_familiar_reader(stack, &sandbox, &work, &cluster, DEPLOYMENT).await;
     }
 
     let detector_log = match &detector {
@@ -307,19 +322,32 @@ async fn bench(options: &Options, servers: &tokio::runtime::Handle) {
     for run in 0..WARMUP_RUNS + runs {
         let reader = work.join(format!("reader-{run}"));
         fs::hard_link(&this, &reader).unwrap();
-        let latency = match &cluster_api {
-            None => {
+        let latency = match (&detector, &cluster_api) {
+            (Detector::Stub(_), _) => {
                 let latency = tokio::task::block_in_place(|| kill_latency(&sandbox, &reader));
                 tokio::time::sleep(options.gap).await;
                 latency
             }
-            Some(api) => {
-                let pod = RunPod::add(&seed, run, &sandbox.kubelet_root, &kube, api);
+            (Detector::Emulator(stack), None) => {
+                let workload = format!("bench-{run}");
+                let kubelet_root = &sandbox.kubelet_root;
+                let pod = RunPod::add(&seed, run, kubelet_root, &kube, None, Some(&workload));
+                // The agent's pod watch learns of the pod within
+                // milliseconds; a read before that would have no workload.
+                tokio::time::sleep(POD_WATCH_DELAY).await;
+                learn_familiar_reader(stack, &pod.sandbox, &work, &cluster, &workload).await;
+                tokio::time::sleep(options.gap).await;
+                let latency = tokio::task::block_in_place(|| kill_latency(&pod.sandbox, &reader));
+                pod.remove(&kube, None);
+                latency
+            }
+            (Detector::Emulator(_), Some(api)) => {
+                let pod = RunPod::add(&seed, run, &sandbox.kubelet_root, &kube, Some(api), None);
                 tokio::time::sleep(options.gap).await;
                 let latency = tokio::task::block_in_place(|| {
                     delete_latency(&pod.sandbox, &reader, api, &pod.name)
                 });
-                pod.remove(&kube, api);
+                pod.remove(&kube, Some(api));
                 latency
             }
         };
@@ -447,10 +475,20 @@ struct RunPod {
 }
 
 impl RunPod {
-    /// Adds pod `run` to the agent's pod-watch stand-in `pods` and to the
-    /// detector's API stand-in `api`, with a new uid, name and container id
-    /// on the agent's node, and lays out its sandbox under `kubelet_root`.
-    fn add(seed: &str, run: usize, kubelet_root: &Path, pods: &KubeApi, api: &KubeTls) -> RunPod {
+    /// Adds pod `run` to the agent's pod-watch stand-in `pods` and, in
+    /// delete mode, to the detector's API stand-in `api`, with a new uid,
+    /// name and container id on the agent's node, and lays out its sandbox
+    /// under `kubelet_root`. With `workload`, the pod belongs to a
+    /// Deployment and service account of that name instead of the
+    /// fixture's.
+    fn add(
+        seed: &str,
+        run: usize,
+        kubelet_root: &Path,
+        pods: &KubeApi,
+        api: Option<&KubeTls>,
+        workload: Option<&str>,
+    ) -> RunPod {
         let digest = Sha256::digest(format!("pod-{seed}-{run}"));
         let suffix: String = digest[..5]
             .iter()
@@ -459,7 +497,9 @@ impl RunPod {
                 char::from(POD_NAME_ALPHABET[index])
             })
             .collect();
-        let name = format!("{REPLICA_SET}-{suffix}");
+        let deployment = workload.unwrap_or(DEPLOYMENT);
+        let replica_set = format!("{deployment}-{POD_TEMPLATE_HASH}");
+        let name = format!("{replica_set}-{suffix}");
         let sandbox = Sandbox {
             kubelet_root: kubelet_root.to_owned(),
             pod_uid: pod_uid(&hex::encode(digest)),
@@ -468,8 +508,15 @@ impl RunPod {
 
         let mut pod = irsa_pod_on(NODE, &sandbox.pod_uid, &sandbox.container_id);
         pod["metadata"]["name"] = Value::from(name.as_str());
+        if let Some(workload) = workload {
+            pod["metadata"]["ownerReferences"][0]["name"] = Value::from(replica_set);
+            pod["metadata"]["labels"]["app.kubernetes.io/name"] = Value::from(workload);
+            pod["spec"]["serviceAccountName"] = Value::from(workload);
+        }
         pods.add_pod(pod.clone());
-        api.add_pod(pod);
+        if let Some(api) = api {
+            api.add_pod(pod);
+        }
         check(
             &sandbox.script("setup").output().unwrap(),
             "pod-sandbox.sh setup",
@@ -480,9 +527,11 @@ impl RunPod {
     /// Removes the pod from both stand-ins, as the kubelet does at the end
     /// of the grace period, and tears down its sandbox. Its reader must have
     /// exited, so that the sandbox's cgroup is empty.
-    fn remove(self, pods: &KubeApi, api: &KubeTls) {
+    fn remove(self, pods: &KubeApi, api: Option<&KubeTls>) {
         pods.delete_pod(&self.sandbox.pod_uid);
-        api.remove(Resource::Pods, NAMESPACE, &self.name);
+        if let Some(api) = api {
+            api.remove(Resource::Pods, NAMESPACE, &self.name);
+        }
         check(
             &self.sandbox.script("teardown").output().unwrap(),
             "pod-sandbox.sh teardown",
@@ -490,14 +539,15 @@ impl RunPod {
     }
 }
 
-/// Has the workload's own process read the token and waits until the
-/// detector learned it. The first reader of a workload is learned silently,
-/// so the readers after it are unfamiliar.
+/// Has the process of Deployment `deployment` read the token in `sandbox`
+/// and waits until the detector learned it. The first reader of a workload
+/// is learned silently, so the readers after it are unfamiliar.
 async fn learn_familiar_reader(
     stack: &DetectorStack,
     sandbox: &Sandbox,
     work: &Path,
     cluster: &str,
+    deployment: &str,
 ) {
     let familiar = work.join("payments-api");
     fs::copy("/bin/cat", &familiar).unwrap();
@@ -509,7 +559,10 @@ async fn learn_familiar_reader(
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let values = stack.baseline_values(cluster).await.unwrap();
-        if values.iter().any(|value| value.exe == familiar_exe) {
+        let learned = values.iter().any(|value| {
+            value.exe == familiar_exe && value.scope_key.split('/').any(|part| part == deployment)
+        });
+        if learned {
             return;
         }
         assert!(
@@ -607,8 +660,9 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
         let _ = sender.send((status, monotonic_ns()));
     });
 
+    let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
-    let read = BufReader::new(stdout).read_line(&mut line);
+    let read = stdout.read_line(&mut line);
     let opened_at = match read {
         Ok(_) => line.trim().parse::<u64>().ok(),
         Err(_) => None,
@@ -631,7 +685,12 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
     };
     let status = status.map_err(|error| format!("failed to wait for reader {pid}: {error}"))?;
     if status.signal() != Some(libc::SIGKILL) {
-        return Err(format!("reader {pid} ended with {status}, not by SIGKILL"));
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        return Err(format!(
+            "reader {pid} ended with {status}, not by SIGKILL: {}",
+            rest.trim()
+        ));
     }
     let opened_at = opened_at
         .ok_or_else(|| format!("reader {pid} printed {line:?}, expected the time of its open"))?;
@@ -718,6 +777,12 @@ fn wait_for_delete(api: &KubeTls, pod: &str) -> Result<Instant, String> {
 
 /// Prints the nearest-rank percentiles of `latencies` in milliseconds.
 fn report(latencies: &mut [Duration], options: &Options) {
+    let mut slowest: Vec<(Duration, usize)> = latencies
+        .iter()
+        .enumerate()
+        .map(|(index, latency)| (*latency, index + WARMUP_RUNS))
+        .collect();
+    slowest.sort_by(|a, b| b.cmp(a));
     latencies.sort();
     let count = latencies.len();
     let rank = |percent: usize| nearest_rank(latencies, percent);
@@ -740,6 +805,15 @@ fn report(latencies: &mut [Duration], options: &Options) {
         millis(rank(90)),
         millis(rank(99)),
         millis(latencies[count - 1]),
+    );
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(SLOWEST_SHOWN)
+        .map(|(latency, run)| format!("run {run} {:.1} ms", millis(*latency)))
+        .collect();
+    println!(
+        "slowest (runs count from 0, warm-up included): {}",
+        slowest.join(", ")
     );
 }
 
