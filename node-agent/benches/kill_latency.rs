@@ -194,7 +194,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 
 /// Prints the monotonic time in nanoseconds, opens `path` and waits to be
 /// killed. The time goes out before the open, because a kill that lands
-/// between the open and a later print would lose it; the write adds a few
+/// between the open and a later print would lose it. The write adds a few
 /// microseconds to the time measured.
 fn read_token(path: &str) -> ! {
     let before = monotonic_ns();

@@ -207,11 +207,11 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
     ) -> Result<Decision, EngineError> {
         let event_time = read.observed_at;
         let id = finding_id(key, &read.event_id);
-        // Only the scope says whether the read is learned or raises a
-        // finding, but the known values are read with it: the agent waits
-        // for a kill order until this returns, and a value new during
-        // learning costs one read more. Only a retry can find its finding
-        // stored.
+        // The scope decides whether the read is learned or raises a
+        // finding. The known values are read at the same time, because the
+        // agent waits for a kill order until this returns, so a value new
+        // during learning costs one Query more. Only a retry can find its
+        // finding stored.
         let existing = async {
             if retry {
                 self.store.get_finding(&id).await
@@ -308,8 +308,9 @@ impl<S: BaselineStore, N: Notifier, C: CorrelationStore, K: Responder> Engine<S,
             changes: Vec::new(),
             containment: Vec::new(),
         };
-        // Deciding before the finding is stored writes it once with its
-        // decisions, and a kill order is in the answer one write sooner.
+        // Containment is decided before the finding is stored, so the
+        // finding is written once with its decisions and a kill order goes
+        // out one write sooner.
         finding.containment = self
             .responder
             .respond(&finding, Trigger::AgentRead, now)

@@ -262,9 +262,9 @@ impl EksClusters {
                     .await
             })
             .await?;
-        // The JSON Patch failure says only that a test failed, so the pod
-        // read tells which: a 422 alone would not tell the user that the
-        // pod they were alerted on is gone.
+        // A failed JSON Patch test returns a bare 422, so the error is
+        // built from the pod read: the user must learn that the pod they
+        // were alerted on was replaced or is gone.
         let Some(pod) = pod else {
             return Err(ApiError {
                 message: format!(
