@@ -173,8 +173,14 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier, C: CorrelationStore, K:
         })
         .collect();
 
-    let (outcomes, findings) = engine.process_batch(&envelope.node, &events, now).await;
-    record_reports(engine, &envelope, now).await;
+    // A report is about a finding of an earlier post, because the order it
+    // answers came in that post's response. So reports are recorded while
+    // the events are decided, and one that rides with a new read does not
+    // delay that read's kill order.
+    let ((outcomes, findings), ()) = tokio::join!(
+        engine.process_batch(&envelope.node, &events, now),
+        record_reports(engine, &envelope, now),
+    );
 
     let count = |status| outcomes.iter().filter(|o| o.status == status).count();
     let failed = count(OutcomeStatus::Failed);

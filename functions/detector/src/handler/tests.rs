@@ -1,6 +1,7 @@
 use std::sync::Mutex;
 
 use aws_lambda_events::http::HeaderValue;
+use tokenguard_core::contain::ApiError;
 use tokenguard_core::{
     BaselineKey, FindingRecord, MemoryStore, Policy, ScopeRecord, StoreError, ValueRecord,
     ValueSighting,
@@ -650,4 +651,119 @@ async fn unknown_fields_accepted() {
     let outcomes = outcomes(response.body.as_deref().unwrap());
     assert_eq!(outcomes.len(), 2);
     assert!(outcomes.iter().all(|o| o.status == OutcomeStatus::Accepted));
+}
+
+/// A cluster API that every call fails on: kill orders need none.
+#[derive(Debug)]
+struct NoCluster;
+
+impl tokenguard_core::contain::ClusterApi for NoCluster {
+    async fn pod(
+        &self,
+        _cluster: &str,
+        _namespace: &str,
+        _name: &str,
+    ) -> Result<Option<tokenguard_core::contain::PodState>, ApiError> {
+        Err(no_cluster())
+    }
+
+    async fn controller(
+        &self,
+        _cluster: &str,
+        _namespace: &str,
+        _kind: &str,
+        _name: &str,
+    ) -> Result<Option<tokenguard_core::contain::ControllerState>, ApiError> {
+        Err(no_cluster())
+    }
+
+    async fn delete_pod(
+        &self,
+        _cluster: &str,
+        _namespace: &str,
+        _name: &str,
+        _uid: &str,
+        _grace_period_seconds: u32,
+    ) -> Result<(), ApiError> {
+        Err(no_cluster())
+    }
+
+    async fn quarantine_pod(
+        &self,
+        _cluster: &str,
+        _namespace: &str,
+        _name: &str,
+        _uid: &str,
+    ) -> Result<(), ApiError> {
+        Err(no_cluster())
+    }
+}
+
+fn no_cluster() -> ApiError {
+    ApiError::transport("this test has no Kubernetes API")
+}
+
+#[tokio::test]
+async fn report_rides_with_new_read() {
+    use tokenguard_core::contain::{
+        Action, Containment, ContainmentOutcome, ContainmentPolicy, MemoryRateLimiter,
+        latest_decision,
+    };
+    use tokenguard_schema::{ActionReport, ActionResult, AgentOrder};
+
+    let policy = ContainmentPolicy {
+        modes: ContainmentPolicy::parse_modes("modes", "payments=enforce").unwrap(),
+        ..ContainmentPolicy::default()
+    };
+    let engine = engine().with_containment(Containment::new(
+        policy,
+        NoCluster,
+        MemoryRateLimiter::default(),
+    ));
+    let post = |body: String| {
+        let engine = &engine;
+        async move { handle_request(engine, &request("POST", Some(&body)), now()).await }
+    };
+    post(batch_body(vec![read_of(
+        "/app/payments-api",
+        "payments-api",
+        1,
+    )]))
+    .await;
+    let first = post(batch_body(vec![read_of("/usr/bin/curl", "curl", 2)])).await;
+    let first = outcomes(first.body.as_deref().unwrap()).remove(0);
+    let order = first
+        .order
+        .clone()
+        .expect("the first unfamiliar read is ordered killed");
+
+    let mut body: serde_json::Value =
+        serde_json::from_str(&batch_body(vec![read_of("/usr/bin/wget", "wget", 3)])).unwrap();
+    let report = ActionReport {
+        finding_id: first.finding_id.clone().unwrap(),
+        order: order.clone(),
+        result: ActionResult::Killed,
+        detail: None,
+        at: now(),
+    };
+    body["reports"] = serde_json::json!([report]);
+    let second = post(body.to_string()).await;
+
+    let second = outcomes(second.body.as_deref().unwrap()).remove(0);
+    assert!(
+        matches!(second.order, Some(AgentOrder::Kill { .. })),
+        "{second:?}"
+    );
+    assert_ne!(second.finding_id, first.finding_id);
+    let stored = engine
+        .store()
+        .get_finding(first.finding_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let kill = latest_decision(&stored.finding, Action::KillProcess).unwrap();
+    assert!(
+        matches!(kill.outcome, ContainmentOutcome::Acted { .. }),
+        "{kill:?}"
+    );
 }
