@@ -174,7 +174,7 @@ pub async fn handle_batch<S: BaselineStore, N: Notifier, C: CorrelationStore, K:
         .collect();
 
     // A report is about a finding of an earlier post, because the order it
-    // answers came in that post's response. So reports are recorded while
+    // reports on came in that post's response. So reports are recorded while
     // the events are decided, and one that rides with a new read does not
     // delay that read's kill order.
     let ((outcomes, findings), ()) = tokio::join!(
