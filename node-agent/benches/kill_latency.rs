@@ -641,16 +641,66 @@ async fn start_stub() -> SocketAddr {
     address
 }
 
+/// A reader started in a pod sandbox, with the time it printed before its
+/// open of the token.
+struct Reader {
+    child: std::process::Child,
+    pid: u32,
+    stdout: BufReader<std::process::ChildStdout>,
+    /// The first line the reader printed.
+    line: String,
+    /// That line as `CLOCK_MONOTONIC` nanoseconds, when it is one.
+    opened_at: Option<u64>,
+}
+
+impl Reader {
+    /// Starts `reader` in the pod of `sandbox` and reads the time it prints
+    /// before it opens the token.
+    fn start(sandbox: &Sandbox, reader: &Path) -> Result<Reader, String> {
+        let mut child = sandbox
+            .exec(reader, &[READER_FLAG, TOKEN])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("failed to start {}: {error}", reader.display()))?;
+        let pid = child.id();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let opened_at = match stdout.read_line(&mut line) {
+            Ok(_) => line.trim().parse::<u64>().ok(),
+            Err(_) => None,
+        };
+        Ok(Reader {
+            child,
+            pid,
+            stdout,
+            line,
+            opened_at,
+        })
+    }
+
+    /// Returns the time of the open, or an error that quotes what the
+    /// reader printed instead.
+    fn opened_at(&self) -> Result<u64, String> {
+        self.opened_at.ok_or_else(|| {
+            format!(
+                "reader {} printed {:?}, expected the time of its open",
+                self.pid, self.line
+            )
+        })
+    }
+}
+
 /// Starts `reader` in the pod and returns the time from its open of the
 /// token to its death by SIGKILL.
 fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
-    let mut command = sandbox.exec(reader, &[READER_FLAG, TOKEN]);
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("failed to start {}: {error}", reader.display()))?;
-    let pid = child.id();
-    let stdout = child.stdout.take().unwrap();
+    let started = Reader::start(sandbox, reader)?;
+    let opened_at = started.opened_at();
+    let Reader {
+        mut child,
+        pid,
+        mut stdout,
+        ..
+    } = started;
 
     // A thread blocked in waitpid notices the exit at once, without polling
     // for CPU time that the agent and the detector need.
@@ -660,13 +710,6 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
         let _ = sender.send((status, monotonic_ns()));
     });
 
-    let mut stdout = BufReader::new(stdout);
-    let mut line = String::new();
-    let read = stdout.read_line(&mut line);
-    let opened_at = match read {
-        Ok(_) => line.trim().parse::<u64>().ok(),
-        Err(_) => None,
-    };
     let exit = receiver.recv_timeout(RUN_TIMEOUT);
     if exit.is_err() {
         // The child is not reaped yet, so its pid is still its own.
@@ -692,9 +735,7 @@ fn kill_latency(sandbox: &Sandbox, reader: &Path) -> Result<Duration, String> {
             rest.trim()
         ));
     }
-    let opened_at = opened_at
-        .ok_or_else(|| format!("reader {pid} printed {line:?}, expected the time of its open"))?;
-    Ok(Duration::from_nanos(exited_at.saturating_sub(opened_at)))
+    Ok(Duration::from_nanos(exited_at.saturating_sub(opened_at?)))
 }
 
 /// Starts `reader` in the pod of `sandbox` and returns the time from its
@@ -706,41 +747,25 @@ fn delete_latency(
     api: &KubeTls,
     pod: &str,
 ) -> Result<Duration, String> {
-    let mut command = sandbox.exec(reader, &[READER_FLAG, TOKEN]);
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("failed to start {}: {error}", reader.display()))?;
-    let pid = child.id();
-    let stdout = child.stdout.take().unwrap();
-
-    let mut line = String::new();
-    let read = BufReader::new(stdout).read_line(&mut line);
-    let opened_at = match read {
-        Ok(_) => line.trim().parse::<u64>().ok(),
-        Err(_) => None,
-    };
-    let delete = match opened_at {
-        Some(_) => wait_for_delete(api, pod),
-        None => Err(format!(
-            "reader {pid} printed {line:?}, expected the time of its open"
-        )),
-    };
+    let mut started = Reader::start(sandbox, reader)?;
+    let pid = started.pid;
+    let delete = started
+        .opened_at()
+        .and_then(|opened_at| Ok((opened_at, wait_for_delete(api, pod)?)));
     // The detector orders no kill in this mode, so the reader still runs
     // unless it failed. It is this harness's child and not reaped yet, so
     // its pid is still its own.
-    let running = matches!(child.try_wait(), Ok(None));
-    let _ = child.kill();
-    let _ = child.wait();
+    let running = matches!(started.child.try_wait(), Ok(None));
+    let _ = started.child.kill();
+    let _ = started.child.wait();
 
-    let received = delete?;
+    let (opened_at, received) = delete?;
     if !running {
         return Err(format!(
             "reader {pid} exited before the harness stopped it: expected no kill order with \
              kill=never"
         ));
     }
-    let opened_at = opened_at.unwrap_or_default();
     let deleted_at = monotonic_ns_at(received);
     Ok(Duration::from_nanos(deleted_at.saturating_sub(opened_at)))
 }

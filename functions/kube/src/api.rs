@@ -142,38 +142,24 @@ trait Replicated:
     fn counts(&self) -> (Option<i32>, Option<i32>);
 }
 
-impl Replicated for ReplicaSet {
-    fn counts(&self) -> (Option<i32>, Option<i32>) {
-        (
-            self.spec.as_ref().and_then(|spec| spec.replicas),
-            self.status
-                .as_ref()
-                .and_then(|status| status.ready_replicas),
-        )
-    }
+/// Implements [`Replicated`] for controllers whose spec and status name
+/// the counts `replicas` and `readyReplicas`.
+macro_rules! replicated {
+    ($($kind:ty),+) => {$(
+        impl Replicated for $kind {
+            fn counts(&self) -> (Option<i32>, Option<i32>) {
+                (
+                    self.spec.as_ref().and_then(|spec| spec.replicas),
+                    self.status
+                        .as_ref()
+                        .and_then(|status| status.ready_replicas),
+                )
+            }
+        }
+    )+};
 }
 
-impl Replicated for Deployment {
-    fn counts(&self) -> (Option<i32>, Option<i32>) {
-        (
-            self.spec.as_ref().and_then(|spec| spec.replicas),
-            self.status
-                .as_ref()
-                .and_then(|status| status.ready_replicas),
-        )
-    }
-}
-
-impl Replicated for StatefulSet {
-    fn counts(&self) -> (Option<i32>, Option<i32>) {
-        (
-            self.spec.as_ref().and_then(|spec| spec.replicas),
-            self.status
-                .as_ref()
-                .and_then(|status| status.ready_replicas),
-        )
-    }
-}
+replicated!(ReplicaSet, Deployment, StatefulSet);
 
 impl EksClusters {
     /// Reads controller `name` of type `T`; `None` when it does not exist.
