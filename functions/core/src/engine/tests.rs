@@ -107,8 +107,8 @@ async fn familiar_quiet_unfamiliar_alerts() {
     assert_eq!(sent(&engine).len(), 1);
 }
 
-/// A scope with more known values than a finding lists: the finding names
-/// the latest and counts the rest, and the email says so.
+/// A scope with more known values than a finding lists: the finding and
+/// its email name the latest and count the rest.
 #[tokio::test]
 async fn many_known_values_capped() {
     let engine = engine("1d", "28d");
@@ -122,11 +122,13 @@ async fn many_known_values_capped() {
             .await
             .unwrap();
     }
+
     let stranger = at_hour(read("/usr/bin/curl", "curl"), 30, "b:curl");
     let Decision::Finding(finding) = engine.process(&node(), &stranger, at(30)).await.unwrap()
     else {
         panic!("an unfamiliar process after learning must raise a finding");
     };
+
     let baseline = &finding.baseline;
     assert_eq!(baseline.known_values.len(), MAX_KNOWN_VALUES);
     assert_eq!(baseline.known_values_omitted, 5);
@@ -138,11 +140,11 @@ async fn many_known_values_capped() {
         baseline.known_values[MAX_KNOWN_VALUES - 1].exe,
         "/opt/tools/tool-05"
     );
+
     let email = render_alert(&Alert::Finding(&finding)).email;
-    assert!(
-        email.contains("/opt/tools/tool-05 (tool), last seen 2026-12-01T00:05:00+00:00\n    and 5 more, seen earlier\n"),
-        "{email}"
-    );
+    let tail = "/opt/tools/tool-05 (tool), last seen 2026-12-01T00:05:00+00:00\n    \
+                and 5 more, seen earlier\n";
+    assert!(email.contains(tail), "{email}");
 }
 
 #[tokio::test]
